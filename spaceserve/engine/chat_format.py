@@ -1,0 +1,170 @@
+"""Chat templates: the GGUF's own Jinja template, or a built-in one chosen by setting.
+
+``CHAT_TEMPLATE=auto`` uses ``tokenizer.chat_template`` from the GGUF; a GGUF without one
+falls back to the built-in template for its architecture (the embedded Gemma GGUF carries
+none, and llama-cpp-python's Llama-2 fallback makes Gemma answer with nothing).
+``CHAT_TEMPLATE=<name>`` picks a built-in; ``CHAT_TEMPLATE_FILE`` reads a Jinja file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..settings import SettingsError
+
+# Gemma has no system role: the system text is folded into the first user turn
+# (as Google's own template does) rather than dropped.
+GEMMA = """{{ bos_token }}
+{%- set ns = namespace(system='') -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'system' -%}
+{%- set ns.system = ns.system + message['content'] + '\n\n' -%}
+{%- else -%}
+{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}
+<start_of_turn>{{ role }}
+{% if role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ message['content'] | trim }}<end_of_turn>
+{% endif -%}
+{%- endfor -%}
+{%- if ns.system -%}
+<start_of_turn>user
+{{ ns.system | trim }}<end_of_turn>
+{% endif -%}
+{%- if add_generation_prompt -%}
+<start_of_turn>model
+{% endif -%}"""
+
+# DeepSeek-Coder-Instruct's template, with its default system prompt when none is given.
+DEEPSEEK_CODER_SYSTEM = (
+    "You are an AI programming assistant, utilizing the Deepseek Coder model, developed by Deepseek Company, "
+    "and you only answer questions related to computer science. For politically sensitive questions, security "
+    "and privacy issues, and other non-computer science questions, you will refuse to answer\n"
+)
+DEEPSEEK_CODER = """{%- set ns = namespace(found=false) -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'system' -%}{%- set ns.found = true -%}{%- endif -%}
+{%- endfor -%}
+{{ bos_token }}
+{%- if not ns.found -%}
+{{ default_system }}
+{%- endif -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'system' -%}
+{{ message['content'] }}
+{%- elif message['role'] == 'user' -%}
+{{ '### Instruction:\n' + message['content'] + '\n' }}
+{%- else -%}
+{{ '### Response:\n' + message['content'] + '\n<|EOT|>\n' }}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '### Response:' }}{%- endif -%}"""
+
+# TinyLlama-1.1B-Chat-v1.0 uses the Zephyr format.
+ZEPHYR = """{%- for message in messages -%}
+{%- set role = 'user' if message['role'] not in ('system', 'assistant') else message['role'] -%}
+{{ '<|' + role + '|>\n' + message['content'] + eos_token + '\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"""
+
+CHATML = """{%- for message in messages -%}
+{%- set role = message['role'] if message['role'] in ('system', 'assistant') else 'user' -%}
+{{ '<|im_start|>' + role + '\n' + message['content'] + '<|im_end|>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"""
+
+
+@dataclass(frozen=True)
+class Builtin:
+    source: str
+    # Text markers that end a turn; their tokens count as end of generation.
+    end_markers: tuple[str, ...] = ()
+    variables: tuple[tuple[str, str], ...] = ()
+
+
+BUILTINS: dict[str, Builtin] = {
+    "gemma": Builtin(GEMMA, ("<end_of_turn>",)),
+    "deepseek-coder": Builtin(DEEPSEEK_CODER, ("<|EOT|>",), (("default_system", DEEPSEEK_CODER_SYSTEM),)),
+    "zephyr": Builtin(ZEPHYR, ("</s>",)),
+    "chatml": Builtin(CHATML, ("<|im_end|>",)),
+}
+
+# For GGUFs that carry no template, by ``general.architecture``.
+ARCHITECTURE_DEFAULTS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+
+
+@dataclass
+class ChatFormat:
+    name: str
+    source: str
+    bos_token: str
+    eos_token: str
+    end_markers: tuple[str, ...] = ()
+    variables: tuple[tuple[str, str], ...] = ()
+    _template: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        try:
+            self._template = env.from_string(self.source)
+        except TemplateError as exc:
+            raise SettingsError(f"chat template '{self.name}' does not compile: {exc}") from exc
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return str(
+            self._template.render(
+                messages=messages,
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **dict(self.variables),
+            )
+        )
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def resolve_chat_format(
+    setting: str,
+    template_file: Path | None,
+    gguf_template: str | None,
+    architecture: str,
+    bos_token: str,
+    eos_token: str,
+) -> ChatFormat:
+    """Pick the chat template from the settings and the GGUF; explain which setting to change."""
+
+    def make(name: str, source: str, builtin: Builtin | None = None) -> ChatFormat:
+        if builtin is None:
+            return ChatFormat(name, source, bos_token, eos_token)
+        return ChatFormat(name, source, bos_token, eos_token, builtin.end_markers, builtin.variables)
+
+    if template_file is not None:
+        try:
+            return make(f"file:{template_file.name}", template_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"CHAT_TEMPLATE_FILE: cannot read {template_file}: {exc.strerror}") from exc
+    if setting != "auto":
+        builtin = BUILTINS.get(setting)
+        if builtin is None:
+            allowed = ", ".join(["auto", *BUILTINS])
+            raise SettingsError(
+                f"CHAT_TEMPLATE={setting!r} is not known; allowed: {allowed} (or set CHAT_TEMPLATE_FILE)"
+            )
+        return make(setting, builtin.source, builtin)
+    if gguf_template:
+        return make("gguf", gguf_template)
+    fallback = ARCHITECTURE_DEFAULTS.get(architecture)
+    if fallback is None:
+        raise SettingsError(
+            f"the GGUF carries no chat template and architecture {architecture!r} has no built-in one; "
+            f"set CHAT_TEMPLATE to one of {', '.join(BUILTINS)} or CHAT_TEMPLATE_FILE"
+        )
+    builtin = BUILTINS[fallback]
+    return make(fallback, builtin.source, builtin)

@@ -1,0 +1,162 @@
+"""The engine the server talks to: prompts in, an async stream of text deltas and a finish out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..settings import ModelSettings
+from .chat_format import ChatFormat, resolve_chat_format
+from .model import ContextShape, LoadedModel
+from .scheduler import Scheduler
+from .source import resolve_model_path
+from .types import Event, Failed, Finished, GenerationRequest
+
+log = logging.getLogger("spaceserve.engine")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_id: str
+    context_size: int
+    threads: int
+    slots: int
+    chat_template: str
+
+
+class Engine(Protocol):
+    """What the serving layer needs; the llama.cpp engine and unit-test fakes both provide it."""
+
+    info: EngineInfo
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def text_prompt(self, prompt: str) -> list[int]: ...
+
+    def start(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LlamaEngine:
+    def __init__(self, model: LoadedModel, chat_format: ChatFormat, model_id: str, max_queue: int) -> None:
+        self.model = model
+        self.chat_format = chat_format
+        end_tokens = {t for t in (model.single_token(m) for m in chat_format.end_markers) if t is not None}
+        self.scheduler = Scheduler(model, max_queue=max_queue, end_tokens=end_tokens)
+        self.info = EngineInfo(
+            model_id=model_id,
+            context_size=model.shape.per_slot,
+            threads=model.shape.threads,
+            slots=model.shape.slots,
+            chat_template=chat_format.name,
+        )
+        self.scheduler.start()
+
+    @classmethod
+    def load(cls, settings: ModelSettings, model_id: str) -> LlamaEngine:
+        """Resolve, load and wrap the model; blocking, so run it off the event loop."""
+        token = settings.hf_token.get_secret_value() if settings.hf_token else None
+        path = resolve_model_path(settings.model_source, hf_token=token, cache_dir=settings.model_cache_dir)
+        shape = ContextShape(
+            per_slot=settings.context_size,
+            slots=settings.parallel_slots,
+            batch=settings.batch_size,
+            threads=settings.threads(),
+        )
+        started = time.monotonic()
+        model = LoadedModel(path, shape, verbose=settings.log_level == "debug")
+        log.info(
+            "loaded %s in %.1fs (%s, %d threads)",
+            path.name,
+            time.monotonic() - started,
+            model.architecture,
+            shape.threads,
+        )
+        try:
+            chat_format = resolve_chat_format(
+                settings.chat_template,
+                settings.chat_template_file,
+                model.meta("tokenizer.chat_template"),
+                model.architecture,
+                model.token_text(model.bos) if model.bos >= 0 else "",
+                model.token_text(model.eos) if model.eos >= 0 else "",
+            )
+        except Exception:
+            model.close()
+            raise
+        return cls(model, chat_format, model_id, settings.max_queue)
+
+    @property
+    def active(self) -> int:
+        return self.scheduler.active
+
+    @property
+    def queued(self) -> int:
+        return self.scheduler.queued
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.model.tokenize(self.chat_format.render(messages))
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return self.model.tokenize(prompt)
+
+    def start(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+        """Queue ``request`` now (raising at once when the queue is full) and return its events.
+
+        Closing the iterator early (the client went away) cancels the request.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        request.emit = emit
+        self.scheduler.submit(request)
+        return self._events(request, events)
+
+    async def _events(self, request: GenerationRequest, events: asyncio.Queue[Event]) -> AsyncGenerator[Event, None]:
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, (Finished, Failed)):
+                    return
+        finally:
+            request.cancelled = True
+            self.scheduler.wake()
+
+    def warm_up(self) -> None:
+        """One short generation so the first user does not pay for paging the weights in."""
+        done = threading.Event()
+        outcome: list[Event] = []
+
+        def emit(event: Event) -> None:
+            if isinstance(event, (Finished, Failed)):
+                outcome.append(event)
+                done.set()
+
+        prompt = self.chat_prompt([{"role": "user", "content": "Hello"}])
+        self.scheduler.submit(GenerationRequest(prompt=prompt, max_tokens=4, emit=emit))
+        if not done.wait(timeout=600):
+            raise RuntimeError("warm-up generation did not finish within 600 s")
+        if isinstance(outcome[0], Failed):
+            raise RuntimeError(f"warm-up generation failed: {outcome[0].error.message}")
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.model.close()

@@ -1,0 +1,30 @@
+"""Entry point: read settings, pick the app for the template, serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from .server import configure_logging, create_app
+from .settings import ModelSettings, SettingsError, load_settings
+
+log = logging.getLogger("spaceserve")
+
+
+def build_app() -> tuple[FastAPI, str, int]:
+    settings = load_settings(ModelSettings)
+    configure_logging(settings)
+    return create_app(settings), settings.host, settings.port
+
+
+def main() -> None:
+    try:
+        app, host, port = build_app()
+    except SettingsError as exc:
+        print(f"spaceserve: {exc}", file=sys.stderr)  # noqa: T201 - logging may not be configured yet
+        sys.exit(2)
+    log.info("listening on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=10)
