@@ -29,7 +29,7 @@ class SamplingParams:
 class Sampler:
     """Owns one llama.cpp sampler chain; ``sample`` also records the token for the penalties."""
 
-    def __init__(self, params: SamplingParams, history: list[int]) -> None:
+    def __init__(self, params: SamplingParams, history: list[int], n_vocab: int) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._chain = chain
         add = llama_cpp.llama_sampler_chain_add
@@ -37,6 +37,7 @@ class Sampler:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
+                    n_vocab,
                     PENALTY_WINDOW, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 ),
             )

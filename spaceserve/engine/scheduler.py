@@ -174,18 +174,26 @@ class Scheduler:
             if not free:
                 return
             request = self._waiting.popleft()
-            prompt = request.prompt
-            # The free slot that already holds most of this prompt; among equals, the least recently used.
-            slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
-            self._place_prefix(slot, prompt)
-            slot.request = request
-            slot.pending = prompt[len(slot.cached) :]
-            slot.reused = len(slot.cached)
-            slot.sampler = Sampler(request.sampling, prompt)
-            slot.text = TextStream(request.stop)
-            slot.generated = 0
-            slot.started_at = time.monotonic()
-            slot.first_token_at = 0.0
+            try:
+                self._seat(request, free)
+            except Exception:
+                log.exception("could not start a request")
+                request.emit(Failed(InternalError("the engine could not start this request")))
+
+    def _seat(self, request: GenerationRequest, free: list[Slot]) -> None:
+        prompt = request.prompt
+        sampler = Sampler(request.sampling, prompt, self.model.n_vocab)
+        # The free slot that already holds most of this prompt; among equals, the least recently used.
+        slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+        self._place_prefix(slot, prompt)
+        slot.request = request
+        slot.sampler = sampler
+        slot.pending = prompt[len(slot.cached) :]
+        slot.reused = len(slot.cached)
+        slot.text = TextStream(request.stop)
+        slot.generated = 0
+        slot.started_at = time.monotonic()
+        slot.first_token_at = 0.0
 
     def _place_prefix(self, slot: Slot, prompt: list[int]) -> None:
         """Keep (or copy in) the longest cached prefix of ``prompt``; drop the rest of the sequence."""
