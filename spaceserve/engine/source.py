@@ -118,14 +118,14 @@ def _from_hub(hub: HubFile, token: str | None) -> Path:
         ) from exc
     except RevisionNotFoundError as exc:
         raise ModelSourceError(f"revision {hub.revision!r} of {hub.repo_id} does not exist: fix MODEL_SOURCE") from exc
-    except EntryNotFoundError as exc:
-        raise ModelSourceError(
-            f"{hub.repo_id} has no file {hub.filename!r}: check the file name in MODEL_SOURCE"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
+    except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: keep it first
         raise ModelSourceError(
             f"{where} is not in the local cache and the Hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "
             "connect the network, unset HF_HUB_OFFLINE, or set MODEL_SOURCE to a local GGUF path"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise ModelSourceError(
+            f"{hub.repo_id} has no file {hub.filename!r}: check the file name in MODEL_SOURCE"
         ) from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
