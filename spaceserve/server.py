@@ -24,6 +24,7 @@ from .runtime import ModelRuntime
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .serving import CompletionService, Prepared, timing_headers
 from .settings import CommonSettings, ModelSettings
+from .web import include_front_page
 
 log = logging.getLogger("spaceserve.server")
 T = TypeVar("T")
@@ -128,8 +129,9 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
-@public.get("/")
-async def index(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+async def json_index(request: Request) -> dict[str, Any]:
+    """``GET /`` for clients that ask for JSON only; browsers get the front page."""
+    runtime: ModelRuntime = request.app.state.runtime
     return {
         "service": "spaceserve model server",
         "status": runtime.health()["status"],
@@ -199,5 +201,6 @@ def create_app(settings: ModelSettings, loader: Callable[[], Engine] | None = No
     app.state.model_id = model_id
     app.state.created = int(time.time())
     app.include_router(public)
+    include_front_page(app, json_index)
     app.include_router(api)
     return app
