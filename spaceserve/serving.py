@@ -99,6 +99,9 @@ class CompletionService:
             prompt = self.engine.text_prompt(str(raw[0]))
         else:
             prompt = [int(t) for t in raw]
+            vocab = self.engine.info.n_vocab
+            if any(not 0 <= t < vocab for t in prompt):
+                raise InvalidRequest(f"prompt token ids must be between 0 and {vocab - 1}", param="prompt")
         return self._prepare("text", body, prompt, body.token_limit(), "prompt")
 
     def _check_model(self, name: str) -> None:

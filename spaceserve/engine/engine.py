@@ -27,6 +27,7 @@ class EngineInfo:
     threads: int
     slots: int
     chat_template: str
+    n_vocab: int
 
 
 class Engine(Protocol):
@@ -63,6 +64,7 @@ class LlamaEngine:
             threads=model.shape.threads,
             slots=model.shape.slots,
             chat_template=chat_format.name,
+            n_vocab=model.n_vocab,
         )
         self.scheduler.start()
 
