@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements*.txt | sha256sum | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint format typecheck bench loadtest clean
+.PHONY: install run test test-slow test-all lint format typecheck bench loadtest soak fuzz clean
 
 install: $(STAMP)
 
@@ -39,6 +39,18 @@ format: install
 
 typecheck: install
 	$(PY) -m mypy
+
+# Load tests: the server on the embedded model on a loopback port, locust headless; CSVs and a summary
+# under artifacts/loadtest/. Exit status 1 on any failed request (soak: also on growing memory).
+loadtest: install
+	$(PY) -m loadtests.run
+
+soak: install
+	$(PY) -m loadtests.run --profile soak
+
+# schemathesis against the server's own OpenAPI schema; reports under artifacts/fuzz/.
+fuzz: install
+	$(PY) -m loadtests.fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

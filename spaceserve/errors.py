@@ -122,15 +122,24 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return message, param
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+def _answer(request: Request, error: APIError) -> JSONResponse:
+    # Tell the request's record (spaceserve.requestlog; looked up, not imported, to avoid an import
+    # cycle) which error ended it, for the access log and the metrics (queue_full, for instance).
+    record = request.scope.get("state", {}).get("record")
+    if record is not None and record.error_code is None:
+        record.failed(error)
+    return error.response()
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return exc.response()
+    return _answer(request, exc)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = _validation_message(exc)
-    return InvalidRequest(message, param=param).response()
+    return _answer(request, InvalidRequest(message, param=param))
 
 
 _HTTP_ERRORS: dict[int, type[APIError]] = {
@@ -154,10 +163,10 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return cls(str(exc.detail)).response()
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log; the caller learns only that it was our fault.
     log.error("unhandled error", exc_info=exc)
-    return InternalError("internal server error").response()
+    return _answer(request, InternalError("internal server error"))
 
 
 def install_error_handlers(app: FastAPI) -> None:

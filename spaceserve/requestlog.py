@@ -31,6 +31,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     ttft_ms: float | None = None
+    predicted_ms: float | None = None  # time spent generating, for tokens-per-second metrics
     finish_reason: str | None = None
     error_code: str | None = None
     # Free-form fields other parts add (the proxy's upstream, for instance).
@@ -45,6 +46,7 @@ class RequestRecord:
         self.prompt_tokens = done.prompt_tokens
         self.completion_tokens = done.completion_tokens
         self.cached_tokens = done.cached_tokens
+        self.predicted_ms = done.predicted_ms
         self.finish_reason = done.finish_reason
 
     def failed(self, error: APIError) -> None:
@@ -86,8 +88,8 @@ class AccessLogMiddleware:
 
     @staticmethod
     def _write(scope: Scope, record: RequestRecord, status: int) -> None:
-        if scope.get("path") == "/health" and status == 200:
-            return  # health probes every few seconds would drown the log
+        if scope.get("path") in ("/health", "/metrics") and status == 200:
+            return  # probes and scrapes every few seconds would drown the log
         line: dict[str, Any] = {
             "request_id": record.request_id,
             "method": scope.get("method"),

@@ -142,6 +142,10 @@ class CompletionRequest(SamplingFields):
                 raise ValueError("prompt must not be empty")
             if isinstance(value[0], str) and len(value) != 1:
                 raise ValueError("only one prompt per request is supported")
+            # Found by fuzzing: ids outside the vocabulary made llama_decode fail. Ids at or above
+            # this model's vocabulary size still have to be caught where the vocabulary is known.
+            if isinstance(value[0], int) and any(not 0 <= token < 2**31 for token in value):
+                raise ValueError("token ids must be non-negative integers below the model's vocabulary size")
         return value
 
     @model_validator(mode="after")

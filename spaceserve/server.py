@@ -19,6 +19,8 @@ from .engine.engine import Engine, LlamaEngine
 from .engine.source import default_model_id
 from .engine.types import Event, Failed
 from .errors import APIError, install_error_handlers
+from .metrics import Metrics, MetricsMiddleware, metrics_router
+from .ratelimit import RateLimiter, RateLimitMiddleware, enforce_rate_limit
 from .requestlog import AccessLogMiddleware, RequestRecord, get_record
 from .runtime import ModelRuntime
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
@@ -120,7 +122,7 @@ async def respond(
 # -- routes ---------------------------------------------------------------------------------
 
 public = APIRouter()
-api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(enforce_rate_limit)])
 
 
 @public.get("/health")
@@ -171,13 +173,22 @@ def configure_logging(settings: CommonSettings) -> None:
 
 
 def build_base_app(settings: CommonSettings, lifespan: Callable[[FastAPI], Any], title: str) -> FastAPI:
-    """What every mode shares: errors, body limit, access log, keys."""
+    """What every mode shares: errors, body limit, access log, keys, rate limits, metrics.
+
+    A mode's /v1 router adds ``Depends(enforce_rate_limit)`` after its key check.
+    """
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.keyring = KeyRing.from_settings(settings)
+    app.state.ratelimiter = RateLimiter.from_settings(settings)
+    # The runtime appears in the lifespan (model server only); the metrics read it at scrape time.
+    app.state.metrics = Metrics(runtime=lambda: getattr(app.state, "runtime", None))
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=app.state.ratelimiter)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)
+    app.include_router(metrics_router())
     return app
 
 

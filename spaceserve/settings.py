@@ -9,12 +9,14 @@ variables a Space or a shell may carry.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
@@ -25,6 +27,17 @@ Template = Literal["primary", "fallback", "proxy"]
 
 class SettingsError(Exception):
     """A setting has a value the app cannot start with; the message names the variable."""
+
+
+class RateLimitOverride(BaseModel):
+    """One subject's limits; a limit left out keeps the default (RATE_LIMIT_RPM / RATE_LIMIT_TPM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+
+
+FINGERPRINT = re.compile(r"^[0-9a-f]{8}$")
 
 
 class CommonSettings(BaseSettings):
@@ -42,6 +55,33 @@ class CommonSettings(BaseSettings):
     space_id: str | None = None  # set by Hugging Face on every Space
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # GET /metrics needs an API key like /v1 unless this is true (for a scraper inside a private network).
+    metrics_public: bool = False
+    # Token buckets per API key fingerprint (per client address when no keys are configured); 0 = off.
+    rate_limit_rpm: int = Field(default=0, ge=0)
+    rate_limit_tpm: int = Field(default=0, ge=0)
+    # JSON {"<key fingerprint or client address>": {"rpm": N, "tpm": N}}; fingerprints, never raw keys.
+    rate_limit_overrides: Annotated[dict[str, RateLimitOverride], NoDecode] = Field(default_factory=dict)
+
+    @field_validator("rate_limit_overrides", mode="before")
+    @classmethod
+    def _parse_overrides(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from exc
+        if not isinstance(value, dict):
+            raise ValueError('expected a JSON object like {"<key fingerprint>": {"rpm": 60, "tpm": 20000}}')
+        for subject in value:
+            if not (FINGERPRINT.match(str(subject)) or _is_ip(str(subject))):
+                raise ValueError(
+                    f"{subject!r} is neither a key fingerprint (8 lowercase hex characters, as shown in the "
+                    "access log's 'key' field) nor a client IP address"
+                )
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -121,6 +161,14 @@ class ModelSettings(CommonSettings):
         return usable_cpu_count()
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def usable_cpu_count() -> int:
     """Cores this process may really use: affinity mask, capped by a cgroup CPU quota.
 
@@ -152,7 +200,9 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "settings"
         shown = "<hidden>" if field in _SECRET_FIELDS else repr(item.get("input"))
-        lines.append(f"{field.upper()}: {item['msg']} (got {shown})")
+        inner = ".".join(str(part) for part in item["loc"][1:])  # where inside a JSON value
+        where = f"{field.upper()} ({inner})" if inner else field.upper()
+        lines.append(f"{where}: {item['msg']} (got {shown})")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
