@@ -8,13 +8,18 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from .proxy.app import create_proxy_app
 from .server import configure_logging, create_app
-from .settings import ModelSettings, SettingsError, load_settings
+from .settings import CommonSettings, ModelSettings, ProxySettings, SettingsError, load_settings
 
 log = logging.getLogger("spaceserve")
 
 
 def build_app() -> tuple[FastAPI, str, int]:
+    if load_settings(CommonSettings).space_template == "proxy":
+        proxy_settings = load_settings(ProxySettings)
+        configure_logging(proxy_settings)
+        return create_proxy_app(proxy_settings), proxy_settings.host, proxy_settings.port
     settings = load_settings(ModelSettings)
     configure_logging(settings)
     return create_app(settings), settings.host, settings.port

@@ -169,6 +169,31 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+class ProxySettings(CommonSettings):
+    """The proxy: which upstreams to forward to and how to treat the ones that fail.
+
+    The upstream list itself (JSON or YAML) is parsed and validated by
+    :func:`spaceserve.proxy.config.load_proxy_config`.
+    """
+
+    upstreams: str | None = None  # inline JSON
+    upstreams_file: Path | None = None  # JSON, or YAML when the name ends in .yaml/.yml
+    # Seconds between background GETs of each upstream's /health; 0 turns them off.
+    upstream_probe_interval: float = Field(default=30.0, ge=0)
+    upstream_probe_timeout: float = Field(default=5.0, gt=0)
+    # An upstream that fails this many times within the window is skipped for the period.
+    upstream_cooldown_failures: int = Field(default=3, ge=1)
+    upstream_cooldown_window: float = Field(default=60.0, gt=0)
+    upstream_cooldown_period: float = Field(default=30.0, gt=0)
+    # Cap on an upstream's Retry-After, so one odd header cannot take an upstream out for a day.
+    upstream_retry_after_max: float = Field(default=300.0, ge=0)
+
+    @field_validator("upstreams", "upstreams_file", mode="before")
+    @classmethod
+    def _blank_upstreams(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
 def usable_cpu_count() -> int:
     """Cores this process may really use: affinity mask, capped by a cgroup CPU quota.
 
