@@ -17,8 +17,19 @@ from openai import OpenAI
 REPO = Path(__file__).resolve().parent.parent
 MODEL_ID = "gemma-3-270m-q4_k_m"
 # Variables a developer's shell or a Space may carry that would change what a test server does.
-SCRUBBED = ("API_KEYS", "API_KEYS_FILE", "SPACE_ID", "SPACE_TEMPLATE", "MODEL_SOURCE", "MODEL_ID", "HF_TOKEN",
-            "CPU_CORES", "HOST", "PORT", "ALLOW_UNAUTHENTICATED")
+SCRUBBED = (
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "SPACE_ID",
+    "SPACE_TEMPLATE",
+    "MODEL_SOURCE",
+    "MODEL_ID",
+    "HF_TOKEN",
+    "CPU_CORES",
+    "HOST",
+    "PORT",
+    "ALLOW_UNAUTHENTICATED",
+)
 
 
 def free_port() -> int:
@@ -42,8 +53,15 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
-        full_env.update({"HOST": "127.0.0.1", "PORT": str(self.port), "HF_HUB_OFFLINE": "1",
-                         "PYTHONUNBUFFERED": "1", "CPU_CORES": "2"})
+        full_env.update(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "CPU_CORES": "2",
+            }
+        )
         full_env.update(env)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(

@@ -37,9 +37,7 @@ def test_max_tokens_gives_length_and_exact_usage(client: OpenAI) -> None:
 
 
 def test_max_completion_tokens_is_honoured(client: OpenAI) -> None:
-    response = client.chat.completions.create(
-        model=MODEL_ID, messages=QUESTION, max_completion_tokens=3, temperature=0
-    )
+    response = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_completion_tokens=3, temperature=0)
     assert response.usage is not None and response.usage.completion_tokens == 3
     assert response.choices[0].finish_reason == "length"
 

@@ -37,8 +37,7 @@ class Sampler:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
-                    n_vocab,
-                    PENALTY_WINDOW, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                    n_vocab, PENALTY_WINDOW, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 ),
             )
         if params.temperature <= 0.0:
