@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements*.txt | sha256sum | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint format typecheck bench loadtest soak fuzz clean
+.PHONY: install run test test-slow test-all lint format typecheck bench loadtest soak fuzz clean lint-docker container-check publish
 
 install: $(STAMP)
 
@@ -51,6 +51,20 @@ soak: install
 # schemathesis against the server's own OpenAPI schema; reports under artifacts/fuzz/.
 fuzz: install
 	$(PY) -m loadtests.fuzz
+
+# Space templates (spaces/<TEMPLATE>/): lint the image recipe, run it the way its container would,
+# publish it. `make publish TEMPLATE=primary SPACE=owner/name ARGS="--private --dry-run"`.
+TEMPLATE ?= primary
+
+lint-docker: install
+	$(VENV)/bin/hadolint Dockerfile
+
+container-check: install
+	$(PY) -m spaceserve.containercheck $(TEMPLATE) $(ARGS)
+
+publish: install
+	@test -n "$(SPACE)" || { echo "usage: make publish TEMPLATE=primary SPACE=owner/name [ARGS='--private ...']" >&2; exit 2; }
+	$(PY) -m spaceserve.publish $(TEMPLATE) --space $(SPACE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

@@ -22,7 +22,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ROOT_DIR = Path(__file__).resolve().parent.parent
 SPACES_DIR = ROOT_DIR / "spaces"
 
-Template = Literal["primary", "fallback", "proxy"]
+# Any folder under spaces/ is a template (a user adds one by copying a folder), so the name is
+# checked for shape here, not against a list.
+TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class SettingsError(Exception):
@@ -45,7 +47,7 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_file_encoding="utf-8")
 
-    space_template: Template | None = None
+    space_template: Annotated[str, Field(pattern=TEMPLATE_PATTERN)] | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
