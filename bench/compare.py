@@ -123,21 +123,61 @@ def make_servers(names: list[str], model: Path, threads: int, slots: int, contex
         port = free_port()
         if name == "ours" or name.startswith("ours-"):
             n = int(name.split("-", 1)[1]) if "-" in name else slots
-            env = {**base_env, "MODEL_SOURCE": str(model), "HOST": "127.0.0.1", "PORT": str(port),
-                   "CPU_CORES": str(threads), "PARALLEL_SLOTS": str(n), "CONTEXT_SIZE": str(context),
-                   "MAX_QUEUE": "64", "LOG_LEVEL": "warning"}
+            env = {
+                **base_env,
+                "MODEL_SOURCE": str(model),
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "CPU_CORES": str(threads),
+                "PARALLEL_SLOTS": str(n),
+                "CONTEXT_SIZE": str(context),
+                "MAX_QUEUE": "64",
+                "LOG_LEVEL": "warning",
+            }
             servers.append(Server(name, [sys.executable, "-m", "spaceserve"], env, port))
         elif name == "llama-cpp-python":
-            command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                       "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                       "--n_ctx", str(context), "--verbose", "false"]
+            command = [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_threads",
+                str(threads),
+                "--n_threads_batch",
+                str(threads),
+                "--n_ctx",
+                str(context),
+                "--verbose",
+                "false",
+            ]
             servers.append(Server(name, command, base_env, port))
         elif name == "llama-server":
             from bench.llama_server import build
 
             binary = build()
-            command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-                       "-tb", str(threads), "-np", str(slots), "-c", str(context * slots), "--no-webui"]
+            command = [
+                str(binary),
+                "-m",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-t",
+                str(threads),
+                "-tb",
+                str(threads),
+                "-np",
+                str(slots),
+                "-c",
+                str(context * slots),
+                "--no-webui",
+            ]
             servers.append(Server(name, command, base_env, port))
         else:
             raise SystemExit(f"unknown server {name!r}")
@@ -259,8 +299,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slots", type=int, default=8, help="parallel slots for this server and llama-server")
     parser.add_argument("--context", type=int, default=2048, help="context tokens per slot")
-    parser.add_argument("--servers", default="ours,llama-cpp-python,llama-server",
-                        help="comma list; 'ours-N' runs this server with N slots")
+    parser.add_argument(
+        "--servers",
+        default="ours,llama-cpp-python,llama-server",
+        help="comma list; 'ours-N' runs this server with N slots",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
     args = parser.parse_args()
     model = args.model
@@ -281,8 +324,14 @@ def main() -> None:
         finally:
             server.stop()
     reference = next((n for n in names if n.startswith("ours")), names[0])
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     print(f"\nmodel {model.name}, {args.threads} threads, {args.slots} slots, {TOKENS} tokens per stream; {cpu}\n")
     print(table(results, reference))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -10,14 +10,15 @@ from fastapi import FastAPI
 
 from .proxy.app import create_proxy_app
 from .server import configure_logging, create_app
-from .settings import CommonSettings, ModelSettings, ProxySettings, SettingsError, load_settings
+from .settings import ModelSettings, ProxySettings, SettingsError, load_settings
 
 log = logging.getLogger("spaceserve")
 
 
 def build_app() -> tuple[FastAPI, str, int]:
-    if load_settings(CommonSettings).space_template == "proxy":
-        proxy_settings = load_settings(ProxySettings)
+    proxy_settings = load_settings(ProxySettings)
+    # The same rule as the image's (spaceserve.templates): a template with upstreams is a proxy.
+    if proxy_settings.space_template == "proxy" or proxy_settings.upstreams or proxy_settings.upstreams_file:
         configure_logging(proxy_settings)
         return create_proxy_app(proxy_settings), proxy_settings.host, proxy_settings.port
     settings = load_settings(ModelSettings)

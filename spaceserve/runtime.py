@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .engine.engine import Engine
-from .engine.model import ModelLoadError
 from .engine.source import ModelSourceError
+from .engine.types import Engine, ModelLoadError
 from .errors import ServiceUnavailable
 from .settings import SettingsError
 

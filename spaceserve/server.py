@@ -15,9 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .auth import KeyRing, presented_key
 from .bodylimit import BodyLimitMiddleware
-from .engine.engine import Engine, LlamaEngine
 from .engine.source import default_model_id
-from .engine.types import Event, Failed
+from .engine.types import Engine, Event, Failed
 from .errors import APIError, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware, metrics_router
 from .ratelimit import RateLimiter, RateLimitMiddleware, enforce_rate_limit
@@ -195,7 +194,14 @@ def build_base_app(settings: CommonSettings, lifespan: Callable[[FastAPI], Any],
 def create_app(settings: ModelSettings, loader: Callable[[], Engine] | None = None) -> FastAPI:
     """The model server. ``loader`` replaces the llama.cpp engine in narrow unit tests."""
     model_id = settings.model_id or default_model_id(settings.model_source)
-    load = loader or (lambda: LlamaEngine.load(settings, model_id))
+
+    def load_llama() -> Engine:
+        # Imported here: llama_cpp is only in the model server's image, not the proxy's.
+        from .engine.engine import LlamaEngine
+
+        return LlamaEngine.load(settings, model_id)
+
+    load = loader or load_llama
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

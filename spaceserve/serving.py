@@ -13,9 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .engine.engine import Engine
-from .engine.sampling import SamplingParams
-from .engine.types import Event, Failed, Finished, GenerationRequest, TextDelta
+from .engine.types import Engine, Event, Failed, Finished, GenerationRequest, SamplingParams, TextDelta
 from .errors import ContextLengthExceeded, InternalError, InvalidRequest, ModelNotFound
 from .requestlog import RequestRecord
 from .schemas import ChatCompletionRequest, CompletionRequest, SamplingFields

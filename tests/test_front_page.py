@@ -15,8 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from spaceserve.engine.engine import Engine
-from spaceserve.engine.model import ModelLoadError
+from spaceserve.engine.types import Engine, ModelLoadError
 from spaceserve.server import build_base_app, create_app
 from spaceserve.settings import ModelSettings
 from spaceserve.web import ASSETS, STATIC_DIR, include_front_page

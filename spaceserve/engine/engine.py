@@ -7,49 +7,15 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Protocol
 
 from ..settings import ModelSettings
 from .chat_format import ChatFormat, resolve_chat_format
 from .model import ContextShape, LoadedModel
 from .scheduler import Scheduler
 from .source import resolve_model_path
-from .types import Event, Failed, Finished, GenerationRequest
+from .types import EngineInfo, Event, Failed, Finished, GenerationRequest
 
 log = logging.getLogger("spaceserve.engine")
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    model_id: str
-    context_size: int
-    threads: int
-    slots: int
-    chat_template: str
-    n_vocab: int
-
-
-class Engine(Protocol):
-    """What the serving layer needs; the llama.cpp engine and unit-test fakes both provide it."""
-
-    info: EngineInfo
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]: ...
-
-    def text_prompt(self, prompt: str) -> list[int]: ...
-
-    def start(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
-
-    @property
-    def active(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
-
-    def warm_up(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class LlamaEngine:

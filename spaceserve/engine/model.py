@@ -13,11 +13,9 @@ from pathlib import Path
 import llama_cpp
 from llama_cpp import _logger as llama_logger
 
+from .types import ModelLoadError
+
 log = logging.getLogger("spaceserve.model")
-
-
-class ModelLoadError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import llama_cpp
 
+from .types import SamplingParams
+
 PENALTY_WINDOW = 64  # tokens the repeat/frequency/presence penalties look back over, as llama.cpp's default
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 40
-    min_p: float = 0.05
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-
-    @property
-    def penalized(self) -> bool:
-        return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 class Sampler:

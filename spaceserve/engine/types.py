@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from ..errors import APIError
-from .sampling import SamplingParams
 
 FinishReason = Literal["stop", "length"]
+
+
+class ModelLoadError(Exception):
+    """llama.cpp could not load the GGUF or build a context for it."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 40
+    min_p: float = 0.05
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+    @property
+    def penalized(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_id: str
+    context_size: int
+    threads: int
+    slots: int
+    chat_template: str
+    n_vocab: int
 
 
 @dataclass
@@ -50,3 +79,29 @@ class GenerationRequest:
     enqueued_at: float = field(default_factory=time.monotonic)
     # Set from any thread; the scheduler frees the sequence at its next step.
     cancelled: bool = False
+
+
+class Engine(Protocol):
+    """What the serving layer needs; the llama.cpp engine and unit-test fakes both provide it.
+
+    Defined here, away from llama_cpp, so that the proxy (whose image has no llama.cpp) can share
+    the server code.
+    """
+
+    info: EngineInfo
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def text_prompt(self, prompt: str) -> list[int]: ...
+
+    def start(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
