@@ -40,6 +40,12 @@ format: install
 typecheck: install
 	$(PY) -m mypy
 
+# This server against llama-cpp-python's server and llama-server (built once from the same llama.cpp,
+# cached in ~/.cache/spaceserve-bench/), side by side; prints one table. ARGS="--model x.gguf --rounds 5".
+bench: install
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m bench.compare $(ARGS)
+
 # Load tests: the server on the embedded model on a loopback port, locust headless; CSVs and a summary
 # under artifacts/loadtest/. Exit status 1 on any failed request (soak: also on growing memory).
 loadtest: install

@@ -11,7 +11,10 @@ Every server gets the same GGUF, threads, slots and prompts, and runs the same s
 Prompts go to /v1/completions as plain text so that no server's chat template changes the token
 count. Counting prompts keep every server generating to the full token budget.
 
-    python -m bench.compare [--model PATH] [--threads 2] [--slots 8] [--servers ours,llama-cpp-python,llama-server]
+    python -m bench.compare [--model PATH] [--threads 2] [--slots 8] [--rounds 3]
+                            [--servers ours,llama-cpp-python,llama-server]
+
+All servers run side by side and take turns, round after round; each figure is the median.
 """
 
 from __future__ import annotations
@@ -213,7 +216,8 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(server: Server) -> dict[str, float]:
     results: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=600) as http:
+    # No keep-alive: llama-server closes idle connections, and a reused dead one fails the request.
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as http:
         # Make sure the model is paged in for everyone (ours warms up itself; the others do not).
         await stream_completion(http, server, counting_prompt(900), 8)
 
@@ -248,16 +252,27 @@ async def sample_memory(server: Server, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-async def run_one(server: Server) -> dict[str, float]:
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_memory(server, stop))
-    try:
-        results = await measure(server)
-    finally:
-        stop.set()
-        await sampler
-    results["peak_rss_mib"] = max(server.samples) / 2**20
-    results["rss_growth_c8_vs_c1"] = results["rss_after_c8_mib"] / results["rss_after_c1_mib"] - 1
+async def run_rounds(servers: list[Server], rounds: int) -> dict[str, dict[str, float]]:
+    """Every server runs every scenario once per round, servers taking turns, so that a noisy
+    neighbour on a shared machine hits all of them alike; each figure is the median over rounds."""
+    per_round: dict[str, list[dict[str, float]]] = {s.name: [] for s in servers}
+    for round_no in range(rounds):
+        for server in servers:
+            print(f"-- round {round_no + 1}/{rounds}: {server.name}", file=sys.stderr, flush=True)
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_memory(server, stop))
+            try:
+                per_round[server.name].append(await measure(server))
+            finally:
+                stop.set()
+                await sampler
+    results: dict[str, dict[str, float]] = {}
+    for server in servers:
+        rows = per_round[server.name]
+        merged = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        merged["peak_rss_mib"] = max(server.samples) / 2**20
+        merged["rss_growth_c8_vs_c1"] = merged["rss_after_c8_mib"] / merged["rss_after_c1_mib"] - 1
+        results[server.name] = merged
     return results
 
 
@@ -304,6 +319,7 @@ def main() -> None:
         default="ours,llama-cpp-python,llama-server",
         help="comma list; 'ours-N' runs this server with N slots",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all scenarios; figures are medians")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
     args = parser.parse_args()
     model = args.model
@@ -313,15 +329,19 @@ def main() -> None:
         model = Path(assemble())
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.servers.split(",")
-    results: dict[str, dict[str, float]] = {}
-    for server in make_servers(names, model, args.threads, args.slots, args.context):
-        print(f"-- {server.name}: starting", file=sys.stderr, flush=True)
-        try:
-            server.start(args.out)
-            results[server.name] = asyncio.run(run_one(server))
-        except Exception as exc:  # one server that cannot run must not sink the others' figures
-            print(f"-- {server.name}: skipped ({exc})", file=sys.stderr, flush=True)
-        finally:
+    running: list[Server] = []
+    try:
+        for server in make_servers(names, model, args.threads, args.slots, args.context):
+            print(f"-- {server.name}: starting", file=sys.stderr, flush=True)
+            try:
+                server.start(args.out)
+                running.append(server)
+            except Exception as exc:  # one server that cannot run must not sink the others' figures
+                print(f"-- {server.name}: skipped ({exc})", file=sys.stderr, flush=True)
+                server.stop()
+        results = asyncio.run(run_rounds(running, args.rounds))
+    finally:
+        for server in running:
             server.stop()
     reference = next((n for n in names if n.startswith("ours")), names[0])
     cpu = next(
@@ -332,7 +352,10 @@ def main() -> None:
         ),
         "unknown CPU",
     )
-    print(f"\nmodel {model.name}, {args.threads} threads, {args.slots} slots, {TOKENS} tokens per stream; {cpu}\n")
+    print(
+        f"\nmodel {model.name}, {args.threads} threads, {args.slots} slots, {TOKENS} tokens per stream, "
+        f"median of {args.rounds} rounds; {cpu}\n"
+    )
     print(table(results, reference))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
