@@ -137,7 +137,8 @@ class ModelSettings(CommonSettings):
     chat_template: str = "auto"
     chat_template_file: Path | None = None
     context_size: int = Field(default=4096, ge=64)
-    parallel_slots: int = Field(default=4, ge=1, le=64)
+    # 8 measured best on 2 vCPU (bench.compare --servers ours-2,ours-4,ours-8; see README, Performance).
+    parallel_slots: int = Field(default=8, ge=1, le=64)
     batch_size: int = Field(default=512, ge=8)
     cpu_cores: int | None = Field(default=None, ge=1)
     max_queue: int = Field(default=32, ge=0)
