@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from typing import Any
 import httpx
 import psutil
 
+from loadtests.serve import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 TOKENS = 128
 CONCURRENCY = (1, 4, 8)
@@ -44,12 +45,6 @@ PREFIX_WORDS = (
     "small vanilla JavaScript. Use semantic landmarks, accessible labels, responsive grid layouts, "
     "custom properties for colours and spacing, and no external resources. "
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def counting_prompt(start: int) -> str:

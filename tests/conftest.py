@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,28 +13,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from loadtests.serve import SCRUBBED, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_ID = "gemma-3-270m-q4_k_m"
-# Variables a developer's shell or a Space may carry that would change what a test server does.
-SCRUBBED = (
-    "API_KEYS",
-    "API_KEYS_FILE",
-    "SPACE_ID",
-    "SPACE_TEMPLATE",
-    "MODEL_SOURCE",
-    "MODEL_ID",
-    "HF_TOKEN",
-    "CPU_CORES",
-    "HOST",
-    "PORT",
-    "ALLOW_UNAUTHENTICATED",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
