@@ -50,29 +50,35 @@ class KeyRing:
             return f"{len(self.keys)} API key(s) configured"
         return "no API key configured: serving without authentication"
 
-    def check(self, presented: str | None) -> str | None:
-        """Return the caller's key fingerprint (None when keys are off); raise when refused."""
+    def check(self, presented: list[str]) -> str | None:
+        """Return the caller's key fingerprint (None when keys are off); raise when refused.
+
+        ``presented`` holds every key the request carries: on a private Space the Hub token takes
+        the ``Authorization`` header, so the API key then comes in ``X-API-Key``.
+        """
         if self.refusal:
             raise ServiceUnavailable(self.refusal, code="auth_not_configured")
         if not self.keys:
             return None
         if not presented:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        candidate = presented.encode()
-        # Compare against every key so the time taken does not say which one nearly matched.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(candidate, key)
-        if not matched:
-            raise AuthenticationFailed("invalid API key")
-        return fingerprint(presented)
+        for candidate in presented:
+            # Compare against every key so the time taken does not say which one nearly matched.
+            matched = False
+            for key in self.keys:
+                matched |= hmac.compare_digest(candidate.encode(), key)
+            if matched:
+                return fingerprint(candidate)
+        raise AuthenticationFailed("invalid API key")
 
 
-def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key else None
+def presented_keys(request: Request) -> list[str]:
+    """The keys a request carries: ``X-API-Key`` first, then a Bearer token."""
+    keys = []
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        keys.append(key)
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        keys.append(value.strip())
+    return keys

@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import KeyRing, presented_key
+from .auth import KeyRing, presented_keys
 from .requestlog import RequestRecord, get_record
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def require_metrics_access(request: Request) -> None:
     if request.app.state.settings.metrics_public:
         return
     keyring: KeyRing = request.app.state.keyring
-    get_record(request.scope).key = keyring.check(presented_key(request))
+    get_record(request.scope).key = keyring.check(presented_keys(request))
 
 
 def metrics_router() -> APIRouter:

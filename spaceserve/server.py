@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .auth import KeyRing, presented_key
+from .auth import KeyRing, presented_keys
 from .bodylimit import BodyLimitMiddleware
 from .engine.source import default_model_id
 from .engine.types import Engine, Event, Failed
@@ -53,7 +53,7 @@ RecordDep = Annotated[RequestRecord, Depends(record_dep)]
 
 def require_key(request: Request, record: RecordDep) -> None:
     keyring: KeyRing = request.app.state.keyring
-    record.key = keyring.check(presented_key(request))
+    record.key = keyring.check(presented_keys(request))
 
 
 def runtime_dep(request: Request) -> ModelRuntime:

@@ -56,6 +56,9 @@ def test_every_api_route_needs_a_key(keyed: ServerProcess, method: str, path: st
     assert call(keyed, method, path, body, {"Authorization": f"Bearer {KEY_A}"}).status_code == 200
     assert call(keyed, method, path, body, {"X-API-Key": KEY_A}).status_code == 200
     assert call(keyed, method, path, body, {"Authorization": f"Bearer {KEY_FILE_KEY}"}).status_code == 200
+    # A private Space: the Hub token fills Authorization, the API key rides in X-API-Key.
+    both = {"Authorization": "Bearer hf_hub_token_for_the_private_space", "X-API-Key": KEY_A}
+    assert call(keyed, method, path, body, both).status_code == 200
 
 
 def test_health_and_root_stay_public(keyed: ServerProcess) -> None:
