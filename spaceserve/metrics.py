@@ -68,7 +68,7 @@ class ProxyMetrics:
         )
         self.failures = Counter(
             "spaceserve_proxy_failures",
-            "upstream attempts that failed, by reason (timeout, connect, status_5xx, ...)",
+            "upstream attempts that failed, by reason (connect_error, first_byte_timeout, http_503, dropped, ...)",
             ["upstream", "reason"],
             registry=registry,
         )

@@ -22,6 +22,8 @@ from .conftest import ServerProcess, free_port
 
 # Short timeouts keep the failure tests quick; the proxy's defaults are for real Spaces.
 FAST = {"connect_timeout": 1.0, "first_byte_timeout": 2.0, "total_timeout": 20.0}
+# What every fake completion reports (non-streamed, or as the last chunk when include_usage is asked).
+USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
 @dataclass
@@ -110,15 +112,14 @@ class FakeUpstream:
             if mode == "slow":
                 await asyncio.sleep(self.delay)
             if stream:
-                await self._stream(
-                    writer,
-                    [
-                        self._chunk({"role": "assistant", "content": ""}),
-                        self._chunk({"content": self.text}),
-                        self._chunk({}, "stop"),
-                    ],
-                    done=True,
-                )
+                events = [
+                    self._chunk({"role": "assistant", "content": ""}),
+                    self._chunk({"content": self.text}),
+                    self._chunk({}, "stop"),
+                ]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({**self._chunk({}), "choices": [], "usage": USAGE})
+                await self._stream(writer, events, done=True)
             else:
                 writer.write(_response(200, self._completion(path)))
         elif mode == "500":
@@ -184,9 +185,8 @@ class FakeUpstream:
             choice = {"index": 0, "text": self.text}
             obj = "text_completion"
         choice["finish_reason"] = "stop"
-        usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
         return {"id": "fake-1", "object": obj, "created": int(time.time()), "model": self.name, "choices": [choice],
-                "usage": usage}  # fmt: skip
+                "usage": USAGE}  # fmt: skip
 
 
 def _response(status: int, payload: Any, extra: list[str] | None = None) -> bytes:

@@ -5,6 +5,7 @@ The page's behaviour in a browser is tested in test_front_page_browser.py.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,8 +17,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from spaceserve.engine.types import Engine, ModelLoadError
+from spaceserve.proxy.app import create_proxy_app
 from spaceserve.server import build_base_app, create_app
-from spaceserve.settings import ModelSettings
+from spaceserve.settings import ModelSettings, ProxySettings
 from spaceserve.web import ASSETS, STATIC_DIR, include_front_page
 
 pytestmark = pytest.mark.anyio
@@ -150,3 +152,25 @@ async def test_another_app_can_include_the_page_without_a_json_index() -> None:
         page = await http.get("/", headers={"Accept": "application/json"})
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert (await http.get("/static/app.js")).status_code == 200
+
+
+async def test_the_proxy_serves_the_same_page_and_health_has_what_it_renders() -> None:
+    upstreams = [{"name": "primary", "base_url": "http://127.0.0.1:9/v1", "model": "deepseek"}]
+    settings = ProxySettings(upstreams=json.dumps(upstreams), api_keys=[], upstream_probe_interval=0)
+    app = create_proxy_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            page = await http.get("/", headers={"Accept": "text/html"})
+            assert page.status_code == 200
+            assert page.headers["content-type"] == "text/html; charset=utf-8"
+            assert page.text == (STATIC_DIR.parent / "index.html").read_text()
+            assert (await http.get("/static/app.js")).status_code == 200
+            index = (await http.get("/", headers={"Accept": "application/json"})).json()
+            assert index["service"] == "spaceserve proxy" and index["models"] == ["deepseek"]
+            # What app.js reads: status, a model for the playground, and a row per upstream.
+            health = (await http.get("/health")).json()
+            assert health["status"] == "ok" and health["models"] == ["deepseek"]
+            [row] = health["upstreams"]
+            assert {"name", "state", "in_flight", "counters", "cooldown_seconds", "last_error"} <= set(row)
+            assert (row["name"], row["state"], row["cooldown_seconds"]) == ("primary", "healthy", 0)

@@ -20,6 +20,8 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect, sync_playwright
 
 from .conftest import MODEL_ID, REPO, ServerProcess
+from .proxy_support import FakeUpstream, closed_port_url, start_proxy, upstream
+from .proxy_support import chat as proxy_chat
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -294,27 +296,52 @@ def test_a_failed_model_shows_its_reason(page: Page, keyed_server: ServerProcess
     expect(page.locator("#details")).to_be_hidden()
 
 
-def test_proxy_health_shows_each_upstream(page: Page, keyed_server: ServerProcess) -> None:
-    # The proxy template's /health lists upstreams instead of one model.
-    body = {
-        "status": "degraded",
-        "model": "deepseek-coder-1.3b-instruct",
-        "upstreams": [
-            {"name": "primary", "state": "ok", "latency_ms": 812},
-            {"name": "fallback", "state": "down", "reason": "timed out after 10 s"},
-        ],
-    }
-    page.route(
-        "**/health", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
-    )
-    page.goto(keyed_server.url + "/")
-    expect(page.locator("#state")).to_have_text("Degraded")
-    expect(page.locator("#details")).to_be_hidden()
-    table = page.locator("#upstreams table")
-    expect(table).to_be_visible()
-    expect(table.locator("thead th")).to_have_text(["Name", "State", "Latency ms", "Reason"])
-    expect(table.locator("tbody tr").nth(0).locator("th, td")).to_have_text(["primary", "ok", "812", "–"])
-    expect(table.locator("tbody tr").nth(1).locator("th, td")).to_have_text(
-        ["fallback", "down", "–", "timed out after 10 s"]
-    )
-    expect(page.locator("#model")).to_have_value("deepseek-coder-1.3b-instruct")
+def test_on_the_proxy_the_page_shows_each_upstream_and_chats_through_it(
+    page: Page, recorder: Recorder, start_server: Callable[..., ServerProcess]
+) -> None:
+    good = FakeUpstream("ok", name="good")
+    try:
+        config = {
+            "upstreams": [upstream("refused", closed_port_url()), upstream("good", good.url)],
+            "aliases": {"coder": ["refused", "good"]},
+        }
+        proxy = start_proxy(
+            start_server, config, API_KEYS=KEY, UPSTREAM_COOLDOWN_FAILURES="1", UPSTREAM_COOLDOWN_PERIOD="600"
+        )
+        # One request: 'refused' fails (and cools down for 10 minutes), 'good' serves it.
+        assert proxy_chat(proxy, "coder", key=KEY).headers["x-upstream"] == "good"
+
+        page.goto(proxy.url + "/")
+        expect(page.locator("#state")).to_have_text("Degraded")
+        expect(page.locator("#reason")).to_have_text("1 of 2 upstreams not healthy: refused")
+        expect(page.locator("#details")).to_be_hidden()
+        table = page.locator("#upstreams table")
+        expect(table).to_be_visible()
+        expect(table.locator("thead th")).to_have_text(
+            ["Upstream", "State", "In flight", "Requests", "Failures", "Cooldown left", "Last error"]
+        )
+        refused, served = (table.locator("tbody tr").nth(i).locator("th, td") for i in (0, 1))
+        expect(refused.nth(0)).to_have_text("refused")
+        expect(refused.nth(1)).to_have_text("cooling")
+        expect(refused.nth(3)).to_have_text("1")
+        expect(refused.nth(4)).to_have_text("1")
+        expect(refused.nth(5)).to_have_text(re.compile(r"^(59\d|600)\.\d s$"))
+        expect(refused.nth(6)).to_contain_text("connection failed")
+        expect(served).to_have_text(["good", "healthy", "0", "1", "0", "–", "–"])
+        expect(page.locator("#model")).to_have_value("coder")
+        expect(page.locator("#base-url")).to_have_text(proxy.url + "/v1")
+
+        # The playground goes through the proxy: the reply and its usage come from 'good'.
+        fill_prompt(page, key=KEY, max_tokens=8, message="Say hi.")
+        page.click("#send")
+        expect(page.locator("#reply")).to_have_attribute("data-state", "done", timeout=WAIT_MS)
+        expect(page.locator("#reply")).to_have_text("ok from good")
+        expect(page.locator("#f-tokens")).to_have_text("4")  # the upstream's usage chunk, relayed
+        expect(served.nth(3)).to_have_text("2")  # the page refreshed /health after the reply
+        assert good.completions()[-1].body["stream"] is True
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "front-page-proxy.png"), full_page=True)
+        assert recorder.console_errors == []
+        assert recorder.external() == []
+    finally:
+        good.stop()

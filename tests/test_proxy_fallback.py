@@ -212,7 +212,10 @@ def test_openai_client_through_the_proxy(rig: Rig, server: ServerProcess) -> Non
 
 def test_health_lists_every_upstream(rig: Rig) -> None:
     body = httpx.get(rig.proxy.url + "/health").json()
-    assert body["status"] == "ok"
+    # Earlier tests here leave the 429 upstreams waiting out their Retry-After: degraded, not down.
+    unwell = [row["name"] for row in body["upstreams"] if row["state"] != "healthy"]
+    assert body["status"] == ("degraded" if unwell else "ok")
+    assert all(name in body["reason"] for name in unwell)
     names = [row["name"] for row in body["upstreams"]]
     assert names[:3] == ["model", "refused", "hang"]
     row = body["upstreams"][0]

@@ -37,7 +37,7 @@ def pool(clock: Clock, policy: CooldownPolicy | None = None) -> UpstreamPool:
 
 def fail_once(state: UpstreamState, reason: str = "HTTP 500") -> None:
     state.acquire()
-    state.record_failure(reason)
+    state.record_failure(reason, code="http_500")
     state.release()
 
 
@@ -105,12 +105,12 @@ def test_retry_after_is_honoured_and_capped() -> None:
     states = pool(clock, CooldownPolicy(failures=100, retry_after_max=60)).states
     solo = states["solo"]
     solo.acquire()
-    solo.record_failure("HTTP 429", retry_after=30)
+    solo.record_failure("HTTP 429", retry_after=30, code="http_429")
     solo.release()
     assert solo.status() == "retry-after"
     clock.now += 30
     assert solo.status() == "healthy"
-    solo.record_failure("HTTP 429", retry_after=86400)
+    solo.record_failure("HTTP 429", retry_after=86400, code="http_429")
     assert solo.available_in() == pytest.approx(60)
 
 
@@ -158,3 +158,49 @@ def test_keys_are_scrubbed_and_never_shown() -> None:
     assert solo.scrub("Incorrect API key provided: sk-solo.") == "Incorrect API key provided: <upstream key>."
     assert "sk-solo" not in repr(solo)
     assert "sk-solo" not in str(solo.health(0, 0))
+
+
+class Recorded:
+    """Stands in for the Prometheus hooks: remembers every event it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def attempt(self, upstream: str) -> None:
+        self.events.append(("attempt", upstream))
+
+    def failure(self, upstream: str, reason: str) -> None:
+        self.events.append(("failure", upstream, reason))
+
+    def fallback(self, from_upstream: str, to_upstream: str) -> None:
+        self.events.append(("fallback", from_upstream, to_upstream))
+
+
+def test_events_reach_the_hooks_in_the_same_call_that_counts_them() -> None:
+    clock, heard = Clock(), Recorded()
+    raw = {"upstreams": [{"name": "a", "base_url": "http://127.0.0.1:9/v1"}]}
+    solo = UpstreamPool(parse_proxy_config(raw, {}), CooldownPolicy(), clock, events=heard).states["a"]
+    fail_once(solo)
+    solo.record_fallback("b")
+    assert heard.events == [("attempt", "a"), ("failure", "a", "http_500"), ("fallback", "a", "b")]
+    assert (solo.counters["attempts"], solo.counters["failures"], solo.counters["fallbacks"]) == (1, 1, 1)
+
+
+def test_pool_status_and_cooldowns_follow_the_circuits() -> None:
+    clock = Clock()
+    upstreams = pool(clock)
+    assert upstreams.status() == ("ok", None)
+    assert upstreams.cooldowns() == {"solo": 0.0, "r1": 0.0, "r2": 0.0}
+    fail_once(upstreams.states["solo"])
+    fail_once(upstreams.states["solo"])
+    status, reason = upstreams.status()
+    assert status == "degraded" and reason == "1 of 3 upstreams not healthy: solo"
+    assert upstreams.cooldowns()["solo"] == 5
+    assert upstreams.states["solo"].health(clock(), 0)["cooldown_seconds"] == 5
+    for name in ("r1", "r2"):
+        fail_once(upstreams.states[name])
+        fail_once(upstreams.states[name])
+    assert upstreams.status()[0] == "unavailable"
+    clock.now += 5  # every cooldown has run out: half-open, each may take one trial
+    assert upstreams.status()[0] == "degraded"
+    assert upstreams.cooldowns() == {"solo": 0.0, "r1": 0.0, "r2": 0.0}

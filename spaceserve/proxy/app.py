@@ -19,10 +19,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
+from ..ratelimit import enforce_rate_limit
 from ..requestlog import RequestRecord
 from ..schemas import ModelCard, ModelList
 from ..server import SSE_HEADERS, RecordDep, build_base_app, require_key, until_disconnected
 from ..settings import ProxySettings
+from ..web import include_front_page
 from .config import load_proxy_config
 from .hf import Endpoint
 from .relay import HealthProber, ProxyService
@@ -96,26 +98,31 @@ async def forward(
 # -- routes ---------------------------------------------------------------------------------
 
 public = APIRouter()
-api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+# The same per-key limits as the model server; generated tokens are charged from the usage the
+# upstream reports (see ProxyService.complete and relay).
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(enforce_rate_limit)])
 
 
 @public.get("/health")
 async def health(pool: PoolDep) -> JSONResponse:
-    ok = pool.any_available()
-    body = {
-        "status": "ok" if ok else "unavailable",
-        "template": "proxy",
+    status, reason = pool.status()
+    body: dict[str, Any] = {"status": status, "template": "proxy"}
+    if reason:
+        body["reason"] = reason
+    body |= {
+        "models": pool.model_names(),
         "upstreams": pool.health(),
         "aliases": {alias: [tier.name for tier in chain] for alias, chain in pool.config.aliases.items()},
     }
-    return JSONResponse(body, status_code=200 if ok else 503)
+    return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
-@public.get("/")
-async def index(pool: PoolDep) -> dict[str, Any]:
+async def json_index(request: Request) -> dict[str, Any]:
+    """``GET /`` for clients that ask for JSON only; browsers get the front page."""
+    pool: UpstreamPool = request.app.state.pool
     return {
         "service": "spaceserve proxy",
-        "status": "ok" if pool.any_available() else "unavailable",
+        "status": pool.status()[0],
         "models": pool.model_names(),
         "endpoints": ["/health", "/v1/models", "/v1/chat/completions", "/v1/completions"],
     }
@@ -155,7 +162,9 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("auth: %s", app.state.keyring.describe())
-        pool = UpstreamPool(config, policy)
+        # The cooldown gauges read whichever pool this app has when /metrics is scraped.
+        events = app.state.metrics.proxy(lambda: app.state.pool.cooldowns())
+        pool = UpstreamPool(config, policy, events=events)
         log.info(
             "proxy: %d upstream(s) in %d tier(s); models: %s",
             len(config.upstreams()), len(config.tiers), ", ".join(pool.model_names()) or "any",
@@ -179,5 +188,6 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     app = build_base_app(settings, lifespan, "spaceserve proxy")
     app.state.created = int(time.time())
     app.include_router(public)
+    include_front_page(app, json_index)
     app.include_router(api)
     return app

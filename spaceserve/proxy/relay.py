@@ -231,10 +231,11 @@ class ProxyService:
                 try:
                     event = await stream.next()
                 except UpstreamFailure as failure:
-                    yield self._broken(stream.state, failure.reason, record)
+                    yield self._broken(stream.state, failure, record)
                     return
                 if event is None:
-                    yield self._broken(stream.state, "the upstream ended the stream without [DONE]", record)
+                    ended = UpstreamFailure("the upstream ended the stream without [DONE]", "incomplete")
+                    yield self._broken(stream.state, ended, record)
                     return
                 if b'"usage":{' in event.raw:
                     _read_usage(event, record)
@@ -254,15 +255,19 @@ class ProxyService:
         problems: list[str] = []
         failed: list[str] = []
         tried: set[str] = set()
+        last_failed: UpstreamState | None = None
         for tier in chain:
             while (state := self.pool.pick(tier, tried)) is not None:
                 tried.add(state.name)
+                if last_failed is not None:
+                    last_failed.record_fallback(state.name)
                 state.acquire()
                 try:
                     result = await attempt(state)
                 except UpstreamFailure as failure:
-                    state.record_failure(failure.reason, failure.retry_after)
+                    state.record_failure(failure.reason, failure.retry_after, code=failure.code)
                     state.release()
+                    last_failed = state
                     problems.append(f"{state.name}: {failure.reason}")
                     failed.append(f"{state.name}:{failure.code}")
                     log.warning("upstream %s failed, trying the next one: %s", state.name, failure.reason)
@@ -310,8 +315,9 @@ class ProxyService:
         if failed:
             record.extra["upstream_failures"] = ",".join(failed)
 
-    def _broken(self, state: UpstreamState, reason: str, record: RequestRecord) -> bytes:
-        state.record_failure(reason)
+    def _broken(self, state: UpstreamState, failure: UpstreamFailure, record: RequestRecord) -> bytes:
+        reason = failure.reason
+        state.record_failure(reason, code=failure.code)
         log.warning("upstream %s broke off a stream: %s", state.name, reason)
         error = UpstreamStreamBroken(f"the upstream '{state.name}' failed after the stream had started: {reason}")
         record.failed(error)

@@ -7,6 +7,10 @@ A ``Retry-After`` from the upstream is honoured separately: it is skipped until 
 
 Everything here runs on the event loop thread, so picking an upstream and reserving it happen
 without an ``await`` in between and need no lock.
+
+Attempts, failures and fallbacks are counted here and only here: each event bumps the upstream's
+own counter (``/health``) and tells :class:`UpstreamEvents` (the Prometheus metrics) in the same
+call, so the two views cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,13 +19,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ModelNotFound
 from .config import CATCH_ALL, ProxyConfig, Tier, UpstreamConfig
 
 Clock = Callable[[], float]
-COUNTER_NAMES = ("attempts", "successes", "failures", "client_errors", "skipped", "probes_ok", "probes_failed")
+COUNTER_NAMES = (
+    "attempts", "successes", "failures", "client_errors", "fallbacks", "skipped", "probes_ok", "probes_failed",
+)  # fmt: skip
+
+
+class UpstreamEvents(Protocol):
+    """Who else hears of attempts, failures and fallbacks: :class:`spaceserve.metrics.ProxyMetrics`."""
+
+    def attempt(self, upstream: str) -> None: ...
+    def failure(self, upstream: str, reason: str) -> None: ...
+    def fallback(self, from_upstream: str, to_upstream: str) -> None: ...
+
+
+class NoEvents:
+    def attempt(self, upstream: str) -> None:
+        pass
+
+    def failure(self, upstream: str, reason: str) -> None:
+        pass
+
+    def fallback(self, from_upstream: str, to_upstream: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -34,9 +59,15 @@ class CooldownPolicy:
 
 class UpstreamState:
     def __init__(
-        self, config: UpstreamConfig, api_key: str | None, policy: CooldownPolicy, clock: Clock = time.monotonic
+        self,
+        config: UpstreamConfig,
+        api_key: str | None,
+        policy: CooldownPolicy,
+        clock: Clock = time.monotonic,
+        events: UpstreamEvents | None = None,
     ) -> None:
         self.config = config
+        self.events = events or NoEvents()
         self._api_key = api_key
         self.policy = policy
         self.clock = clock
@@ -106,6 +137,7 @@ class UpstreamState:
         now = self.clock()
         self.in_flight += 1
         self.counters["attempts"] += 1
+        self.events.attempt(self.name)
         self.last_picked = now
         if self.cooling_until is not None and now >= self.cooling_until:
             self._probing = True
@@ -120,9 +152,16 @@ class UpstreamState:
         self.counters["client_errors" if client_error else "successes"] += 1
         self._close()
 
-    def record_failure(self, reason: str, retry_after: float | None = None) -> None:
+    def record_failure(self, reason: str, retry_after: float | None = None, *, code: str) -> None:
+        """A failed attempt: ``reason`` is the sentence for people, ``code`` the short label for metrics."""
         self.counters["failures"] += 1
+        self.events.failure(self.name, code)
         self._fail(reason, retry_after)
+
+    def record_fallback(self, to: str) -> None:
+        """The request this upstream failed moved on to ``to``."""
+        self.counters["fallbacks"] += 1
+        self.events.fallback(self.name, to)
 
     def record_skip(self) -> None:
         self.counters["skipped"] += 1
@@ -177,6 +216,8 @@ class UpstreamState:
             "state": self.status(now),
             "cooling_until": wall_time(self.cooling_until),
             "retry_after_until": wall_time(self.retry_after_until),
+            # The same number as the spaceserve_proxy_cooldown_remaining_seconds gauge.
+            "cooldown_seconds": None if (left := self.available_in(now)) is None else round(left, 1),
             "recent_failures": sum(1 for at in self._failures if at > now - self.policy.window),
             "last_error": self.last_error,
             "in_flight": self.in_flight,
@@ -187,11 +228,17 @@ class UpstreamState:
 class UpstreamPool:
     """All upstreams' state, the chains aliases map to, and the choice among replicas."""
 
-    def __init__(self, config: ProxyConfig, policy: CooldownPolicy, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        policy: CooldownPolicy,
+        clock: Clock = time.monotonic,
+        events: UpstreamEvents | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.states = {
-            upstream.name: UpstreamState(upstream, config.keys.get(upstream.name), policy, clock)
+            upstream.name: UpstreamState(upstream, config.keys.get(upstream.name), policy, clock, events)
             for upstream in config.upstreams()
         }
 
@@ -226,9 +273,24 @@ class UpstreamPool:
         """Per-upstream counters (attempts, successes, failures, ...) plus the in-flight gauge."""
         return {name: {**state.counters, "in_flight": state.in_flight} for name, state in self.states.items()}
 
-    def any_available(self) -> bool:
+    def cooldowns(self) -> dict[str, float]:
+        """Seconds until each enabled upstream may be tried again (cooldown or Retry-After; 0: now)."""
         now = self.clock()
-        return any(state.unavailable_reason(now) is None for state in self.states.values())
+        return {name: left for name, state in self.states.items() if (left := state.available_in(now)) is not None}
+
+    def status(self) -> tuple[str, str | None]:
+        """``ok`` (every enabled upstream healthy), ``degraded`` (some skipped for now) or
+        ``unavailable`` (none can be tried), with a sentence saying which when not ok."""
+        now = self.clock()
+        enabled = [state for state in self.states.values() if state.config.enabled]
+        usable = [state for state in enabled if state.unavailable_reason(now) is None]
+        unwell = [state.name for state in enabled if state.status(now) != "healthy"]
+        if not usable:
+            which = ", ".join(unwell) or "none is enabled"
+            return "unavailable", f"no upstream can be tried now ({which})"
+        if unwell:
+            return "degraded", f"{len(unwell)} of {len(enabled)} upstreams not healthy: {', '.join(unwell)}"
+        return "ok", None
 
     def health(self) -> list[dict[str, Any]]:
         now, wall = self.clock(), time.time()

@@ -34,6 +34,7 @@
     loading: "Loading the model…",
     error: "Failed",
     degraded: "Degraded",
+    unavailable: "Unavailable",
     unreachable: "Unreachable",
   };
 
@@ -94,41 +95,50 @@
     }
   }
 
-  function columnLabel(key) {
-    const text = key.replace(/_/g, " ");
-    return text.charAt(0).toUpperCase() + text.slice(1);
-  }
+  // The proxy's /health rows, in the order the proxy tries the upstreams. A column shows when some
+  // row has a value for it, so an older or newer proxy still gets a sensible table.
+  const UPSTREAM_COLUMNS = [
+    { label: "Upstream", value: (u) => u.name },
+    // Only worth a column when some tier is a group of replicas (a lone upstream is its own tier).
+    { label: "Tier", value: (u) => u.tier, show: (rows) => rows.some((u) => u.tier !== undefined && u.tier !== u.name) },
+    { label: "State", value: (u) => u.state, state: true },
+    { label: "In flight", value: (u) => u.in_flight },
+    { label: "Requests", value: (u) => (u.counters || {}).attempts },
+    { label: "Failures", value: (u) => (u.counters || {}).failures },
+    { label: "Cooldown left", value: (u) => u.cooldown_seconds, format: (s) => (s > 0 ? s.toFixed(1) + " s" : "–") },
+    { label: "Last error", value: (u) => u.last_error },
+  ];
 
-  function cellText(value) {
+  function cellText(value, format) {
     if (value === undefined || value === null || value === "") return "–";
+    if (format && typeof value === "number") return format(value);
     if (typeof value === "object") return JSON.stringify(value);
     return String(value);
   }
 
   function renderUpstreams(upstreams) {
-    const columns = ["name", "state"];
-    for (const upstream of upstreams) {
-      for (const key of Object.keys(upstream || {})) {
-        if (!columns.includes(key)) columns.push(key);
-      }
-    }
+    const rows = upstreams.map((u) => (u && typeof u === "object" ? u : {}));
+    const columns = UPSTREAM_COLUMNS.filter((column, i) =>
+      column.show ? column.show(rows) : i === 0 || rows.some((u) => column.value(u) !== undefined),
+    );
     const head = $("upstreams-head");
     head.replaceChildren();
-    for (const key of columns) {
+    for (const column of columns) {
       const th = document.createElement("th");
       th.scope = "col";
-      th.textContent = columnLabel(key);
+      th.textContent = column.label;
       head.appendChild(th);
     }
     const bodyEl = $("upstreams-body");
     bodyEl.replaceChildren();
-    for (const upstream of upstreams) {
+    for (const upstream of rows) {
       const tr = document.createElement("tr");
-      columns.forEach((key, i) => {
+      columns.forEach((column, i) => {
         const cell = document.createElement(i === 0 ? "th" : "td");
         if (i === 0) cell.scope = "row";
-        if (key === "state") cell.dataset.state = String((upstream || {})[key] || "");
-        cell.textContent = cellText((upstream || {})[key]);
+        const value = column.value(upstream);
+        if (column.state) cell.dataset.state = String(value || "");
+        cell.textContent = cellText(value, column.format);
         tr.appendChild(cell);
       });
       bodyEl.appendChild(tr);
