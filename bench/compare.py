@@ -152,6 +152,10 @@ def make_servers(names: list[str], model: Path, threads: int, slots: int, contex
                 str(context),
                 "--verbose",
                 "false",
+                # By default it cuts a running stream off when another request arrives;
+                # serialising instead is its best case, and the one compared here.
+                "--interrupt_requests",
+                "false",
             ]
             servers.append(Server(name, command, base_env, port))
         elif name == "llama-server":
@@ -188,19 +192,24 @@ async def stream_completion(http: httpx.AsyncClient, server: Server, prompt: str
     started = time.monotonic()
     first: float | None = None
     tokens = 0
-    async with http.stream("POST", server.url + "/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            text = (chunk.get("choices") or [{}])[0].get("text") or ""
-            if text:
-                tokens += 1
-                if first is None:
-                    first = time.monotonic()
+    broken = False
+    try:
+        async with http.stream("POST", server.url + "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                text = (chunk.get("choices") or [{}])[0].get("text") or ""
+                if text:
+                    tokens += 1
+                    if first is None:
+                        first = time.monotonic()
+    except httpx.HTTPError:
+        broken = True  # counted, not fatal: the table shows how many streams a server broke
     end = time.monotonic()
-    return {"ttft": (first or end) - started, "tokens": tokens, "started": started, "first": first or end, "end": end}
+    first_at = first or end
+    return {"ttft": first_at - started, "tokens": tokens, "first": first_at, "end": end, "broken": broken}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -235,6 +244,7 @@ async def measure(server: Server) -> dict[str, float]:
             wall = max(r["end"] for r in runs) - began
             ttfts = [r["ttft"] for r in runs]
             results[f"c{n}_tok_s"] = sum(r["tokens"] for r in runs) / wall
+            results["broken_streams"] = results.get("broken_streams", 0) + sum(r["broken"] for r in runs)
             results[f"c{n}_ttft_p50"] = statistics.median(ttfts)
             results[f"c{n}_ttft_p95"] = percentile(ttfts, 0.95)
             results[f"rss_after_c{n}_mib"] = server.rss() / 2**20
@@ -279,6 +289,7 @@ ROWS = [
     *[(f"c{n}_tok_s", f"{n} streams, aggregate tok/s", "{:.1f}") for n in CONCURRENCY],
     *[(f"c{n}_ttft_p50", f"{n} streams, TTFT p50 s", "{:.3f}") for n in CONCURRENCY],
     *[(f"c{n}_ttft_p95", f"{n} streams, TTFT p95 s", "{:.3f}") for n in CONCURRENCY],
+    ("broken_streams", "streams cut off (per round)", "{:.0f}"),
     ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
     ("rss_after_c1_mib", "RSS after 1 stream MiB", "{:.0f}"),
     ("rss_after_c8_mib", "RSS after 8 streams MiB", "{:.0f}"),

@@ -5,10 +5,10 @@ every generating sequence plus a chunk of pending prompt tokens, calls ``llama_d
 and samples every sequence that produced logits. Requests join between steps and leave as soon
 as they finish, are cancelled or pass their deadline, without stalling the others.
 
-Each slot is one sequence id in a unified KV cache. A slot keeps its tokens after its request
+Each slot is one sequence id with its own KV stream. A slot keeps its tokens after its request
 ends, so a later request that starts with the same tokens (a long system prompt, a growing chat)
-reuses them; a prefix held by another slot is shared with ``llama_memory_seq_cp``, which in a
-unified cache only tags the cells, copying nothing. See ARCHITECTURE.md for the whole flow.
+reuses them; a prefix held by another slot is copied in with ``llama_memory_seq_cp``, a buffer
+copy far cheaper than evaluating the prefix again. See ARCHITECTURE.md for the whole flow.
 """
 
 from __future__ import annotations
@@ -208,8 +208,11 @@ class Scheduler:
         # At least one prompt token must be evaluated to get logits for the first sample.
         shared = min(shared, len(prompt) - 1)
         if donor is not slot:
+            # Across KV streams only whole sequences can be copied (the data moves at the next
+            # decode); the copy's tail beyond the shared prefix is dropped at once.
             llama_cpp.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, 0, shared)
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, slot.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, slot.seq_id, shared, -1)
             slot.cached = prompt[:shared]
             return
         if shared < len(slot.cached):
