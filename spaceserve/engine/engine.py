@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -16,6 +17,32 @@ from .source import resolve_model_path
 from .types import EngineInfo, Event, Failed, Finished, GenerationRequest
 
 log = logging.getLogger("spaceserve.engine")
+
+
+class Mailbox:
+    """Carries events from the scheduler thread into the event loop, one wake-up per batch.
+
+    Every token of every stream would otherwise wake the loop on its own; on 2 vCPU each wake-up
+    takes CPU from llama.cpp's threads in the middle of a decode.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[Event], Event]] = []
+
+    def post(self, queue: asyncio.Queue[Event], event: Event) -> None:
+        with self._lock:
+            self._items.append((queue, event))
+            if len(self._items) > 1:
+                return  # a drain is already on its way
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, event in items:
+            queue.put_nowait(event)
 
 
 class LlamaEngine:
@@ -32,6 +59,7 @@ class LlamaEngine:
             chat_template=chat_format.name,
             n_vocab=model.n_vocab,
         )
+        self._mailbox: Mailbox | None = None
         self.scheduler.start()
 
     @classmethod
@@ -88,12 +116,10 @@ class LlamaEngine:
         Closing the iterator early (the client went away) cancels the request.
         """
         loop = asyncio.get_running_loop()
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = Mailbox(loop)
         events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        request.emit = emit
+        request.emit = functools.partial(self._mailbox.post, events)
         self.scheduler.submit(request)
         return self._events(request, events)
 
