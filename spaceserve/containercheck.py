@@ -37,7 +37,7 @@ import httpx
 from .dockerfile import Dockerfile, Image
 from .settings import ROOT_DIR
 from .stage import StageError, stage
-from .templates import SpaceTemplate, TemplateError, load_template
+from .templates import SpaceTemplate, TemplateError, load_template, parse_assignments
 
 Say = Callable[[str], None]
 STAMP = ".spaceserve-requirements"
@@ -321,16 +321,6 @@ class ContainerCheck:
         self._processes.clear()
 
 
-def parse_assignments(values: list[str], flag: str) -> dict[str, str]:
-    result = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"{flag} {item!r}: use {flag} NAME=VALUE")
-        result[name] = value
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spaceserve.containercheck", description=__doc__.split("\n")[0])
     parser.add_argument("template", help="a folder under spaces/")
@@ -342,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         template = load_template(args.template)
-    except TemplateError as exc:
+        overrides = parse_assignments(args.set, "--set")
+    except (TemplateError, ValueError) as exc:
         _say(f"container check: {exc}")
         return 2
     with tempfile.TemporaryDirectory(prefix="spaceserve-check-") as scratch:
@@ -352,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=workdir,
             venv=args.venv,
             model_path=args.model,
-            overrides=parse_assignments(args.set, "--set"),
+            overrides=overrides,
             timeout=args.timeout,
         )
         try:

@@ -32,7 +32,7 @@ import httpx
 
 from .settings import ROOT_DIR, SPACES_DIR
 from .stage import StagedSpace, StageError, stage
-from .templates import SECRET_SETTINGS, SpaceTemplate, TemplateError, load_template
+from .templates import SECRET_SETTINGS, SpaceTemplate, TemplateError, load_template, parse_assignments
 
 API_KEY_SECRET = "API_KEYS"  # noqa: S105 - the secret's name, not its value
 SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -370,16 +370,6 @@ class Publisher:
             self.say(f"smoke: chat completion with {model} ok ({tokens} tokens in {time.monotonic() - started:.1f}s)")
 
 
-def _assignments(values: list[str], flag: str) -> dict[str, str]:
-    result = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise PublishError(f"{flag} {item!r}: use {flag} NAME=VALUE")
-        result[name] = value
-    return result
-
-
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m spaceserve.publish", description="Stage a template and publish it to a Hugging Face Space."
@@ -415,6 +405,11 @@ def parse_args(argv: list[str] | None) -> Options:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise PublishError(f"--api-key-env {args.api_key_env}: that variable is not set")
+    try:
+        variables = parse_assignments(args.set, "--set")
+        secret_sources = parse_assignments(args.secret, "--secret")
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
     return Options(
         template=args.template,
         space=args.space,
@@ -423,8 +418,8 @@ def parse_args(argv: list[str] | None) -> Options:
         dry_run=args.dry_run,
         api_key=api_key,
         keep_api_key=args.keep_api_key,
-        variables=_assignments(args.set, "--set"),
-        secret_sources=_assignments(args.secret, "--secret"),
+        variables=variables,
+        secret_sources=secret_sources,
         wait=not args.no_wait,
         smoke=not args.no_smoke,
         timeout=args.timeout,

@@ -176,3 +176,14 @@ def load_template(name: str, templates_dir: Path = SPACES_DIR) -> SpaceTemplate:
     template = templates[name]
     template.check()
     return template
+
+
+def parse_assignments(values: list[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` command-line values (``--set``, ``--secret``) as a dict; ValueError names the bad one."""
+    result = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag} {item!r}: use {flag} NAME=VALUE")
+        result[name] = value
+    return result
