@@ -48,8 +48,9 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def scrape(server: ServerProcess) -> dict[str, float]:
-    response = httpx.get(server.url + "/metrics", headers=auth(FREE), timeout=10)
+def scrape(server: ServerProcess, key: str | None = FREE) -> dict[str, float]:
+    """Every sample of ``/metrics`` as ``name{label=value,...}`` -> value (``key=None``: no auth)."""
+    response = httpx.get(server.url + "/metrics", headers=auth(key) if key else {}, timeout=10)
     assert response.status_code == 200
     values = {}
     for family in text_string_to_metric_families(response.text):

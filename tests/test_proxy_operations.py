@@ -10,22 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from spaceserve.auth import fingerprint
 
 from .conftest import MODEL_ID, ServerProcess
 from .proxy_support import FakeUpstream, chat, closed_port_url, health, sse_data, start_proxy, upstream
+from .test_metrics_and_limits import auth, metric, scrape
 
 LIMITED = "sk-proxy-limited-3e1a"  # 2 requests per minute
 THRIFTY = "sk-proxy-thrifty-7c45"  # 10 generated tokens per minute
 STREAMER = "sk-proxy-streamer-02bd"  # 10 generated tokens per minute, streaming
 FREE = "sk-proxy-free-9f10"  # no limit
 CHAT = "/v1/chat/completions"
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def body(max_tokens: int = 2, **extra: Any) -> dict[str, Any]:
@@ -36,21 +32,6 @@ def body(max_tokens: int = 2, **extra: Any) -> dict[str, Any]:
         "temperature": 0,
         **extra,
     }
-
-
-def scrape(proxy: ServerProcess, key: str | None = None) -> dict[str, float]:
-    response = httpx.get(proxy.url + "/metrics", headers=auth(key) if key else {}, timeout=10)
-    assert response.status_code == 200
-    values = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
-def metric(values: dict[str, float], name: str, **labels: str) -> float:
-    return values.get(name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}", 0.0)
 
 
 # -- rate limits ----------------------------------------------------------------------------
@@ -154,13 +135,13 @@ def watched_proxy(start_server: Any, fakes: dict[str, FakeUpstream]) -> ServerPr
 
 
 def test_metrics_show_attempts_failures_fallbacks_and_cooldowns(watched_proxy: ServerProcess) -> None:
-    start = scrape(watched_proxy)
+    start = scrape(watched_proxy, key=None)
     for name in ("refused", "bad", "good"):
         assert metric(start, "spaceserve_proxy_upstream_cooling_down", upstream=name) == 0
         assert metric(start, "spaceserve_proxy_attempts_total", upstream=name) == 0
 
     assert chat(watched_proxy, "m").headers["x-upstream"] == "good"
-    once = scrape(watched_proxy)
+    once = scrape(watched_proxy, key=None)
     assert metric(once, "spaceserve_proxy_attempts_total", upstream="refused") == 1
     assert metric(once, "spaceserve_proxy_attempts_total", upstream="bad") == 1
     assert metric(once, "spaceserve_proxy_attempts_total", upstream="good") == 1
@@ -172,7 +153,7 @@ def test_metrics_show_attempts_failures_fallbacks_and_cooldowns(watched_proxy: S
 
     # The second failure of each opens its circuit: both are cooling down.
     assert chat(watched_proxy, "m").headers["x-upstream"] == "good"
-    twice = scrape(watched_proxy)
+    twice = scrape(watched_proxy, key=None)
     for name in ("refused", "bad"):
         assert metric(twice, "spaceserve_proxy_attempts_total", upstream=name) == 2
         assert metric(twice, "spaceserve_proxy_upstream_cooling_down", upstream=name) == 1
@@ -183,7 +164,7 @@ def test_metrics_show_attempts_failures_fallbacks_and_cooldowns(watched_proxy: S
 
     # Skipped upstreams are neither attempted nor fallen back from.
     assert chat(watched_proxy, "m").headers["x-upstream"] == "good"
-    thrice = scrape(watched_proxy)
+    thrice = scrape(watched_proxy, key=None)
     assert metric(thrice, "spaceserve_proxy_attempts_total", upstream="bad") == 2
     assert metric(thrice, "spaceserve_proxy_attempts_total", upstream="good") == 3
     assert metric(thrice, "spaceserve_proxy_fallbacks_total", from_upstream="bad", to_upstream="good") == 2
@@ -191,7 +172,7 @@ def test_metrics_show_attempts_failures_fallbacks_and_cooldowns(watched_proxy: S
     # A stream that breaks after its first chunk is a failure with its own reason, not a fallback.
     broken = httpx.post(watched_proxy.url + CHAT, json={**body(), "model": "d", "stream": True}, timeout=30)
     assert "upstream_stream_broken" in broken.text
-    last = scrape(watched_proxy)
+    last = scrape(watched_proxy, key=None)
     assert metric(last, "spaceserve_proxy_failures_total", upstream="drop", reason="dropped") == 1
 
     # /health counts the same events: one source, two views.
