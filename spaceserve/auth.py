@@ -39,10 +39,6 @@ class KeyRing:
             )
         return cls(keys=keys, refusal=refusal)
 
-    @property
-    def required(self) -> bool:
-        return bool(self.keys)
-
     def describe(self) -> str:
         if self.refusal:
             return "refusing completions: " + self.refusal

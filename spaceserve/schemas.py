@@ -163,30 +163,6 @@ class CompletionRequest(SamplingFields):
         return self.max_tokens if self.max_tokens is not None else 16
 
 
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
-
-
-class Timings(BaseModel):
-    """Where the time went, in llama.cpp server's field names."""
-
-    prompt_n: int
-    prompt_ms: float
-    prompt_per_second: float
-    predicted_n: int
-    predicted_ms: float
-    predicted_per_second: float
-    cache_n: int = 0
-    queued_ms: float = 0.0
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
