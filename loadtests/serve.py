@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from spaceserve.containercheck import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # Settings a developer's shell may carry that would change (or expose) the server under test.
@@ -31,12 +32,6 @@ SCRUBBED = (
     "RATE_LIMIT_OVERRIDES",
     "METRICS_PUBLIC",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalServer:

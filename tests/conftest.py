@@ -13,7 +13,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from loadtests.serve import SCRUBBED, free_port
+from loadtests.serve import SCRUBBED
+from spaceserve.containercheck import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_ID = "gemma-3-270m-q4_k_m"

@@ -189,6 +189,14 @@ class FakeUpstream:
                 "usage": USAGE}  # fmt: skip
 
 
+@dataclass
+class Rig:
+    """A proxy process and the fake upstreams it forwards to, by name."""
+
+    proxy: ServerProcess
+    fakes: dict[str, FakeUpstream]
+
+
 def _response(status: int, payload: Any, extra: list[str] | None = None) -> bytes:
     body = json.dumps(payload).encode()
     lines = [

@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
 from .conftest import MODEL_ID, ServerProcess
-from .proxy_support import FakeUpstream, chat, closed_port_url, health, start_proxy, upstream
+from .proxy_support import FakeUpstream, Rig, chat, closed_port_url, health, start_proxy, upstream
 
 CLIENT_KEY = "proxy-client-key"
 UPSTREAM_SECRET = "sk-upstream-secret-7f3a9c"  # what the proxy holds for the 'e401' upstream
-
-
-@dataclass
-class Rig:
-    proxy: ServerProcess
-    fakes: dict[str, FakeUpstream]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,15 +13,9 @@ import openai
 import pytest
 
 from .conftest import MODEL_ID, ServerProcess
-from .proxy_support import FakeUpstream, closed_port_url, health, sse_data, start_proxy, upstream
+from .proxy_support import FakeUpstream, Rig, closed_port_url, health, sse_data, start_proxy, upstream
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@dataclass
-class Rig:
-    proxy: ServerProcess
-    fakes: dict[str, FakeUpstream]
 
 
 @pytest.fixture(scope="module")
