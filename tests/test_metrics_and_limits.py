@@ -130,20 +130,22 @@ def test_request_token_and_latency_metrics_move_with_real_requests(ops: ServerPr
 def test_queue_rejections_and_client_disconnects_are_counted(ops: ServerProcess) -> None:
     before = scrape(ops)
     first_chunk = threading.Event()
+    refusal_seen = threading.Event()
 
     def long_stream() -> None:
-        with httpx.stream(
-            "POST", ops.url + CHAT, json=chat_body(200, stream=True), headers=auth(FREE), timeout=60
-        ) as r:
+        # A long greedy reply, so it is surely still running when the client leaves.
+        body = chat_body(1000, stream=True, temperature=0)
+        with httpx.stream("POST", ops.url + CHAT, json=body, headers=auth(FREE), timeout=60) as r:
             for _ in r.iter_lines():
                 first_chunk.set()
-                time.sleep(3)  # hold the only slot while the second request arrives
+                refusal_seen.wait(60)  # hold the only slot while the second request arrives
                 break  # then leave mid-stream: a client disconnect
 
     thread = threading.Thread(target=long_stream)
     thread.start()
     assert first_chunk.wait(60)
     refused = httpx.post(ops.url + CHAT, json=chat_body(), headers=auth(FREE), timeout=60)
+    refusal_seen.set()
     thread.join()
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "queue_full"
