@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
-from ..errors import APIError, InternalError, RateLimited, ServiceUnavailable
+from ..base.errors import APIError, InternalError, RateLimited, ServiceUnavailable
 from .model import LoadedModel
 from .sampling import Sampler
 from .text import TextStream
@@ -228,6 +228,37 @@ class Scheduler:
             slot.cached = slot.cached[:shared]
 
     def _step(self) -> None:
+        """One engine step: retire what ended, fill one batch, decode it, sample what it produced."""
+        self._retire()
+        filled = self._fill_batch()
+        if filled is None:
+            return
+        rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self._sample(*filled)
+
+    def _retire(self) -> None:
+        """Free the slots whose client left and end the ones past their deadline."""
+        now = time.monotonic()
+        for slot in self.slots:
+            request = slot.request
+            if request is None:
+                continue
+            if request.cancelled:
+                self._release(slot)
+            elif now >= request.deadline:
+                self._finish(slot, "length", note="deadline")
+
+    def _fill_batch(self) -> tuple[list[Slot], list[tuple[Slot, int]]] | None:
+        """Put each generating slot's last token in the batch, then prompt chunks, oldest request first.
+
+        Returns the generating slots and the (slot, tokens taken) prompt chunks, or None when idle.
+        """
+        generating = [s for s in self.slots if s.busy and not s.pending]
+        prefilling = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: s.started_at)
+        if not generating and not prefilling:
+            return None
         batch = self._batch
         capacity = self.model.shape.batch
         n = 0
@@ -241,20 +272,6 @@ class Scheduler:
             batch.logits[n] = logits
             n += 1
 
-        now = time.monotonic()
-        for slot in self.slots:
-            request = slot.request
-            if request is None:
-                continue
-            if request.cancelled:
-                self._release(slot)
-            elif now >= request.deadline:
-                self._finish(slot, "length", note="deadline")
-
-        generating = [s for s in self.slots if s.busy and not s.pending]
-        prefilling = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: s.started_at)
-        if not generating and not prefilling:
-            return
         for slot in generating:
             slot.batch_index = n
             add(slot.last_token, len(slot.cached), slot.seq_id, True)
@@ -273,17 +290,16 @@ class Scheduler:
             slot.batch_index = n - 1 if done else -1
             chunks.append((slot, take))
         batch.n_tokens = n
+        return generating, chunks
 
-        rc = llama_cpp.llama_decode(self.model.ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
-
+    def _sample(self, generating: list[Slot], chunks: list[tuple[Slot, int]]) -> None:
+        """Record what the decode stored, then sample each slot that got logits."""
         for slot in generating:
             slot.cached.append(slot.last_token)
         for slot, take in chunks:
             slot.cached.extend(slot.pending[:take])
             slot.pending = slot.pending[take:]
-        sampled = [s for s in generating] + [s for s, _ in chunks if not s.pending]
+        sampled = generating + [s for s, _ in chunks if not s.pending]
         for slot in sampled:
             assert slot.sampler is not None
             token = slot.sampler.sample(self.model.ctx, slot.batch_index)
