@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every Space template under spaces/. `python -m spaceserve.publish` writes the
+# One image for every Space template under spaces/. `python -m spaceserve.deploy.publish` writes the
 # chosen template into the defaults of TEMPLATE and ENGINE below in the copy it uploads.
 # A local build from the repository root passes them instead:
 #   docker build --build-arg TEMPLATE=fallback -t spaceserve-fallback .

@@ -66,11 +66,11 @@ lint-docker: install
 	$(VENV)/bin/hadolint Dockerfile
 
 container-check: install
-	$(PY) -m spaceserve.containercheck $(TEMPLATE) $(ARGS)
+	$(PY) -m spaceserve.deploy.containercheck $(TEMPLATE) $(ARGS)
 
 publish: install
 	@test -n "$(SPACE)" || { echo "usage: make publish TEMPLATE=primary SPACE=owner/name [ARGS='--private ...']" >&2; exit 2; }
-	$(PY) -m spaceserve.publish $(TEMPLATE) --space $(SPACE) $(ARGS)
+	$(PY) -m spaceserve.deploy.publish $(TEMPLATE) --space $(SPACE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

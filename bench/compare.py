@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import psutil
 
-from spaceserve.containercheck import free_port
+from spaceserve.deploy.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENS = 128

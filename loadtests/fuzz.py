@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .serve import REPO, LocalServer
+from spaceserve.settings import ROOT_DIR as REPO
+
+from .serve import LocalServer
 
 MODEL_ID = "gemma-3-270m-q4_k_m"  # the embedded model's id
 SERVER_ENV = {"PARALLEL_SLOTS": "2", "CONTEXT_SIZE": "1024"}

@@ -25,7 +25,9 @@ from typing import Any
 
 import psutil
 
-from .serve import REPO, LocalServer
+from spaceserve.settings import ROOT_DIR as REPO
+
+from .serve import LocalServer
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 PROFILES: dict[str, dict[str, Any]] = {

@@ -8,19 +8,23 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
-from .proxy.app import create_proxy_app
-from .server import configure_logging, create_app
-from .settings import ModelSettings, ProxySettings, SettingsError, load_settings
+from .base.app import configure_logging
+from .settings import ModelSettings, ProxySettings, SettingsError, load_settings, serves_proxy
 
 log = logging.getLogger("spaceserve")
 
 
 def build_app() -> tuple[FastAPI, str, int]:
     proxy_settings = load_settings(ProxySettings)
-    # The same rule as the image's (spaceserve.templates): a template with upstreams is a proxy.
-    if proxy_settings.space_template == "proxy" or proxy_settings.upstreams or proxy_settings.upstreams_file:
+    upstreams = {"UPSTREAMS": proxy_settings.upstreams, "UPSTREAMS_FILE": proxy_settings.upstreams_file}
+    # Each mode's app is imported only when chosen: a proxy process never loads the model server.
+    if serves_proxy(proxy_settings.space_template, upstreams):
+        from .proxy.app import create_proxy_app
+
         configure_logging(proxy_settings)
         return create_proxy_app(proxy_settings), proxy_settings.host, proxy_settings.port
+    from .model.app import create_app
+
     settings = load_settings(ModelSettings)
     configure_logging(settings)
     return create_app(settings), settings.host, settings.port

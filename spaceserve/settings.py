@@ -13,10 +13,11 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
@@ -25,6 +26,30 @@ SPACES_DIR = ROOT_DIR / "spaces"
 # Any folder under spaces/ is a template (a user adds one by copying a folder), so the name is
 # checked for shape here, not against a list.
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Settings whose values are secrets: never echoed in errors, never written in a template file.
+SECRET_SETTINGS = frozenset({"API_KEYS", "HF_TOKEN"})
+# A template is a proxy (no model, no llama.cpp in its image) when it is named so or lists upstreams.
+PROXY_TEMPLATE = "proxy"
+UPSTREAM_SETTINGS = ("UPSTREAMS", "UPSTREAMS_FILE")
+
+
+def serves_proxy(template: str | None, values: Mapping[str, object]) -> bool:
+    """The one rule the server (at start) and the image (at build) both follow; ``values`` by upper-case name."""
+    return template == PROXY_TEMPLATE or any(values.get(name) for name in UPSTREAM_SETTINGS)
+
+
+def _split_commas(value: object) -> object:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def _blank_as_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# ``A,B,C`` in the environment (blank items dropped); a list when given in code.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+# An empty variable (``CPU_CORES=`` in a settings file) means "not set".
+BlankAsNone = BeforeValidator(_blank_as_none)
 
 
 class SettingsError(Exception):
@@ -47,10 +72,10 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_file_encoding="utf-8")
 
-    space_template: Annotated[str, Field(pattern=TEMPLATE_PATTERN)] | None = None
+    space_template: Annotated[Annotated[str, Field(pattern=TEMPLATE_PATTERN)] | None, BlankAsNone] = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_commas)] = Field(default_factory=list)
     api_keys_file: Path | None = None
     # On a public Space a server without keys refuses completions unless this says otherwise.
     allow_unauthenticated: bool = False
@@ -84,18 +109,6 @@ class CommonSettings(BaseSettings):
                     "access log's 'key' field) nor a client IP address"
                 )
         return value
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("space_template", mode="before")
-    @classmethod
-    def _blank_template(cls, value: object) -> object:
-        return None if value == "" else value
 
     def load_api_keys(self) -> list[str]:
         """All configured keys: ``API_KEYS`` plus one key per line of ``API_KEYS_FILE``."""
@@ -131,7 +144,7 @@ class ModelSettings(CommonSettings):
     # embedded | a local path | hf://owner/name[@revision]/path/in/repo.gguf
     model_source: str = "embedded"
     model_id: str | None = None
-    model_aliases: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    model_aliases: CommaList = Field(default_factory=list)
     model_cache_dir: Path | None = None
     hf_token: SecretStr | None = None
     chat_template: str = "auto"
@@ -140,22 +153,10 @@ class ModelSettings(CommonSettings):
     # 8 measured best on 2 vCPU (bench.compare --servers ours-2,ours-4,ours-8; see README, Performance).
     parallel_slots: int = Field(default=8, ge=1, le=64)
     batch_size: int = Field(default=512, ge=8)
-    cpu_cores: int | None = Field(default=None, ge=1)
+    cpu_cores: Annotated[int | None, BlankAsNone] = Field(default=None, ge=1)
     max_queue: int = Field(default=32, ge=0)
     request_timeout: float = Field(default=600.0, gt=0)
     warmup: bool = True
-
-    @field_validator("model_aliases", mode="before")
-    @classmethod
-    def _split_aliases(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("cpu_cores", mode="before")
-    @classmethod
-    def _blank_cores(cls, value: object) -> object:
-        return None if value == "" else value
 
     def threads(self) -> int:
         """Threads for llama.cpp: ``CPU_CORES`` (set by Spaces), else the cores this process may use."""
@@ -179,8 +180,8 @@ class ProxySettings(CommonSettings):
     :func:`spaceserve.proxy.config.load_proxy_config`.
     """
 
-    upstreams: str | None = None  # inline JSON
-    upstreams_file: Path | None = None  # JSON, or YAML when the name ends in .yaml/.yml
+    upstreams: Annotated[str | None, BlankAsNone] = None  # inline JSON
+    upstreams_file: Annotated[Path | None, BlankAsNone] = None  # JSON, or YAML when the name ends in .yaml/.yml
     # Seconds between background GETs of each upstream's /health; 0 turns them off.
     upstream_probe_interval: float = Field(default=30.0, ge=0)
     upstream_probe_timeout: float = Field(default=5.0, gt=0)
@@ -190,11 +191,6 @@ class ProxySettings(CommonSettings):
     upstream_cooldown_period: float = Field(default=30.0, gt=0)
     # Cap on an upstream's Retry-After, so one odd header cannot take an upstream out for a day.
     upstream_retry_after_max: float = Field(default=300.0, ge=0)
-
-    @field_validator("upstreams", "upstreams_file", mode="before")
-    @classmethod
-    def _blank_upstreams(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
 
 def usable_cpu_count() -> int:
@@ -227,7 +223,7 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "settings"
-        shown = "<hidden>" if field in _SECRET_FIELDS else repr(item.get("input"))
+        shown = "<hidden>" if field.upper() in SECRET_SETTINGS else repr(item.get("input"))
         inner = ".".join(str(part) for part in item["loc"][1:])  # where inside a JSON value
         where = f"{field.upper()} ({inner})" if inner else field.upper()
         lines.append(f"{where}: {item['msg']} (got {shown})")
@@ -235,7 +231,6 @@ def _describe(error: ValidationError) -> str:
 
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
-_SECRET_FIELDS = {"api_keys", "hf_token"}
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:

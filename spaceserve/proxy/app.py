@@ -19,14 +19,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from ..ratelimit import enforce_rate_limit
-from ..requestlog import RequestRecord
-from ..schemas import ModelCard, ModelList
-from ..server import SSE_HEADERS, RecordDep, build_base_app, require_key, until_disconnected
+from ..base.app import RecordDep, build_base_app, require_key, until_disconnected
+from ..base.ratelimit import enforce_rate_limit
+from ..base.requestlog import RequestRecord
+from ..base.schemas import Endpoint, ModelCard, ModelList
+from ..base.sse import HEADERS as SSE_HEADERS
 from ..settings import ProxySettings
 from ..web import include_front_page
 from .config import load_proxy_config
-from .hf import Endpoint
+from .metrics import ProxyMetrics
 from .relay import HealthProber, ProxyService
 from .state import CooldownPolicy, UpstreamPool
 
@@ -162,9 +163,7 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("auth: %s", app.state.keyring.describe())
-        # The cooldown gauges read whichever pool this app has when /metrics is scraped.
-        events = app.state.metrics.proxy(lambda: app.state.pool.cooldowns())
-        pool = UpstreamPool(config, policy, events=events)
+        pool = UpstreamPool(config, policy, events=app.state.proxy_metrics)
         log.info(
             "proxy: %d upstream(s) in %d tier(s); models: %s",
             len(config.upstreams()), len(config.tiers), ", ".join(pool.model_names()) or "any",
@@ -186,6 +185,10 @@ def create_proxy_app(settings: ProxySettings) -> FastAPI:
             await client.aclose()
 
     app = build_base_app(settings, lifespan, "spaceserve proxy")
+    # The cooldown gauges read whichever pool this app has when /metrics is scraped.
+    app.state.proxy_metrics = ProxyMetrics(
+        app.state.metrics.registry, lambda: app.state.pool.cooldowns() if hasattr(app.state, "pool") else {}
+    )
     app.state.created = int(time.time())
     app.include_router(public)
     include_front_page(app, json_index)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
-from ..serving import sse
+from ..base.schemas import Endpoint
+from ..base.sse import sse
 
-Endpoint = Literal["chat", "text"]
 _ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 

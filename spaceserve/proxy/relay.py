@@ -23,17 +23,19 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 import httpx
 
-from ..errors import APIError, ServiceUnavailable
-from ..requestlog import RequestRecord
-from ..serving import DONE, sse
+from ..base.errors import APIError, ServiceUnavailable
+from ..base.requestlog import RequestRecord
+from ..base.schemas import Endpoint
+from ..base.sse import DONE, sse
 from . import hf
-from .hf import Endpoint
+from .config import UpstreamConfig
 from .state import UpstreamPool, UpstreamState
 
 log = logging.getLogger("spaceserve.proxy")
@@ -73,6 +75,32 @@ class AllUpstreamsFailed(APIError):
 
 class NoUpstreamAvailable(ServiceUnavailable):
     default_code = "no_upstream_available"
+
+
+@asynccontextmanager
+async def upstream_io(
+    deadline: float, late: UpstreamFailure, *, during: str, connect_timeout: float = 0.0
+) -> AsyncIterator[None]:
+    """The one mapping of upstream I/O failures: past ``deadline`` raises ``late``; connect errors and
+    timeouts, and any other transport error (``connection dropped <during>``), become UpstreamFailure
+    with the reason label the metrics and cooldown use."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise late from None
+    except httpx.ConnectTimeout:
+        raise UpstreamFailure(
+            f"no connection within {connect_timeout:g}s (connect_timeout)", "connect_timeout"
+        ) from None
+    except httpx.ConnectError as exc:
+        raise UpstreamFailure(f"connection failed ({_describe(exc)})", "connect_error") from None
+    except httpx.TransportError as exc:
+        raise UpstreamFailure(f"connection dropped {during} ({_describe(exc)})", "dropped") from None
+
+
+def _unfinished(config: UpstreamConfig) -> UpstreamFailure:
+    return UpstreamFailure(f"did not finish within {config.total_timeout:g}s (total_timeout)", "total_timeout")
 
 
 class UpstreamStreamBroken(APIError):
@@ -162,14 +190,8 @@ class UpstreamStream:
             return self._pending.popleft()
         if self._reader is None:
             return None
-        timeout = self.state.config.total_timeout
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                return await self._reader.next()
-        except TimeoutError:
-            raise UpstreamFailure(f"did not finish within {timeout:g}s (total_timeout)", "total_timeout") from None
-        except httpx.TransportError as exc:
-            raise UpstreamFailure(f"connection dropped mid-stream ({_describe(exc)})", "dropped") from None
+        async with upstream_io(self._deadline, _unfinished(self.state.config), during="mid-stream"):
+            return await self._reader.next()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -342,16 +364,8 @@ class ProxyService:
         payload = {key: value for key, value in payload.items() if key not in ("stream", "stream_options")}
         response = await self._send(state, url, payload, stream=False, deadline=deadline)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with upstream_io(deadline, _unfinished(config), during="while reading the answer"):
                 raw = await response.aread()
-        except TimeoutError:
-            raise UpstreamFailure(
-                f"did not finish within {config.total_timeout:g}s (total_timeout)", "total_timeout"
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamFailure(
-                f"connection dropped while reading the answer ({_describe(exc)})", "dropped"
-            ) from None
         finally:
             await response.aclose()
         try:
@@ -385,21 +399,15 @@ class ProxyService:
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 raise UpstreamFailure("answered a stream request without an event stream", "bad_response")
             reader = EventReader(response.aiter_bytes())
-            try:
-                async with asyncio.timeout_at(first_by):
+            late = UpstreamFailure(
+                f"no first event within {config.first_byte_timeout:g}s (first_byte_timeout)", "first_byte_timeout"
+            )
+            async with upstream_io(first_by, late, during="before the first event"):
+                event = await reader.next()
+                # Comments and keep-alives before the first data are not relayed: sending
+                # anything would commit the response to this upstream.
+                while event is not None and event.data is None:
                     event = await reader.next()
-                    # Comments and keep-alives before the first data are not relayed: sending
-                    # anything would commit the response to this upstream.
-                    while event is not None and event.data is None:
-                        event = await reader.next()
-            except TimeoutError:
-                raise UpstreamFailure(
-                    f"no first event within {config.first_byte_timeout:g}s (first_byte_timeout)", "first_byte_timeout"
-                ) from None
-            except httpx.TransportError as exc:
-                raise UpstreamFailure(
-                    f"connection dropped before the first event ({_describe(exc)})", "dropped"
-                ) from None
             if event is None or event.is_done:
                 raise UpstreamFailure("the stream ended before its first event", "dropped")
             problem = event.error()
@@ -428,21 +436,11 @@ class ProxyService:
         )  # fmt: skip
         request = self.client.build_request("POST", url, json=payload, headers=headers, timeout=timeout)
         first_by = min(_now() + config.first_byte_timeout, deadline)
-        try:
-            async with asyncio.timeout_at(first_by):
-                response = await self.client.send(request, stream=True)
-        except TimeoutError:
-            raise UpstreamFailure(
-                f"no response within {config.first_byte_timeout:g}s (first_byte_timeout)", "first_byte_timeout"
-            ) from None
-        except httpx.ConnectTimeout:
-            raise UpstreamFailure(
-                f"no connection within {config.connect_timeout:g}s (connect_timeout)", "connect_timeout"
-            ) from None
-        except httpx.ConnectError as exc:
-            raise UpstreamFailure(f"connection failed ({_describe(exc)})", "connect_error") from None
-        except httpx.TransportError as exc:
-            raise UpstreamFailure(f"connection dropped before an answer ({_describe(exc)})", "dropped") from None
+        late = UpstreamFailure(
+            f"no response within {config.first_byte_timeout:g}s (first_byte_timeout)", "first_byte_timeout"
+        )
+        async with upstream_io(first_by, late, during="before an answer", connect_timeout=config.connect_timeout):
+            response = await self.client.send(request, stream=True)
         if response.status_code < 300:
             return response
         try:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import ModelNotFound
+from ..base.errors import ModelNotFound
 from .config import CATCH_ALL, ProxyConfig, Tier, UpstreamConfig
 
 Clock = Callable[[], float]
@@ -31,7 +31,7 @@ COUNTER_NAMES = (
 
 
 class UpstreamEvents(Protocol):
-    """Who else hears of attempts, failures and fallbacks: :class:`spaceserve.metrics.ProxyMetrics`."""
+    """Who else hears of attempts, failures and fallbacks: :class:`spaceserve.proxy.metrics.ProxyMetrics`."""
 
     def attempt(self, upstream: str) -> None: ...
     def failure(self, upstream: str, reason: str) -> None: ...

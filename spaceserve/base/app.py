@@ -1,0 +1,85 @@
+"""What every app shares: the FastAPI factory with errors, body limit, access log, keys, rate limits
+and metrics, plus the small dependencies and helpers that routes of every mode use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+
+from ..settings import CommonSettings
+from .auth import KeyRing, presented_keys
+from .bodylimit import BodyLimitMiddleware
+from .errors import APIError, install_error_handlers
+from .metrics import Metrics, MetricsMiddleware, metrics_router
+from .ratelimit import RateLimiter, RateLimitMiddleware
+from .requestlog import AccessLogMiddleware, RequestRecord, get_record
+
+T = TypeVar("T")
+
+DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
+
+
+class ClientGone(APIError):
+    # nginx's "client closed request"; nobody receives it, but the access log shows it.
+    status_code = 499
+    error_type = "client_closed_request"
+    default_code = "client_closed_request"
+
+
+def record_dep(request: Request) -> RequestRecord:
+    return get_record(request.scope)
+
+
+RecordDep = Annotated[RequestRecord, Depends(record_dep)]
+
+
+def require_key(request: Request, record: RecordDep) -> None:
+    keyring: KeyRing = request.app.state.keyring
+    record.key = keyring.check(presented_keys(request))
+
+
+async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` unless the client goes away first; then cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone("the client closed the connection")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def configure_logging(settings: CommonSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def build_base_app(settings: CommonSettings, lifespan: Callable[[FastAPI], Any], title: str) -> FastAPI:
+    """What every mode shares: errors, body limit, access log, keys, rate limits, metrics.
+
+    A mode's /v1 router adds ``Depends(enforce_rate_limit)`` after its key check, and registers its
+    own collectors on ``app.state.metrics``.
+    """
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.keyring = KeyRing.from_settings(settings)
+    app.state.ratelimiter = RateLimiter.from_settings(settings)
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=app.state.ratelimiter)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AccessLogMiddleware)
+    app.include_router(metrics_router())
+    return app

@@ -1,0 +1,186 @@
+"""OpenAI wire models: requests as clients send them, responses and stream chunks as they expect.
+
+Unknown request fields are accepted and ignored (clients send ``user``, ``metadata`` and the
+like); fields whose meaning we cannot honour (``n`` > 1, ``tools``, ``logprobs``) are refused
+with a 400 rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Sampling defaults, declared once: the engine's SamplingParams takes them from here. top_k and min_p
+# are llama.cpp's fields (OpenAI has neither), with llama-server's defaults; the rest are OpenAI's.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+
+
+# Which OpenAI completion endpoint a request came to: /v1/chat/completions or /v1/completions.
+Endpoint = Literal["chat", "text"]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"content part of type '{part.type}' is not supported; only 'text' parts are")
+            texts.append(part.text)
+        return "".join(texts)
+
+
+class SamplingFields(BaseModel):
+    """Parameters shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
+    top_p: float = Field(default=DEFAULT_TOP_P, gt=0.0, le=1.0)
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=0)  # 0 turns it off
+    min_p: float = Field(default=DEFAULT_MIN_P, ge=0.0, le=1.0)  # 0 turns it off
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repeat_penalty: float = Field(default=1.0, gt=0.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    logprobs: bool | int | None = None
+    # Per-request deadline in seconds, capped by the server's REQUEST_TIMEOUT.
+    timeout: float | None = Field(default=None, gt=0)
+
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported; send separate requests for more choices")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if len(value) > 16:
+                raise ValueError("at most 16 stop sequences are supported")
+            if any(not item for item in value):
+                raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool calling is not supported by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type", "text") != "text":
+            raise ValueError("only response_format type 'text' is supported")
+        return value
+
+    @model_validator(mode="after")
+    def _message_texts(self) -> ChatCompletionRequest:
+        for message in self.messages:
+            message.text()  # raises for unsupported content parts
+        return self
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _single_prompt(cls, value: str | list[str] | list[int]) -> str | list[str] | list[int]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be empty")
+            if isinstance(value[0], str) and len(value) != 1:
+                raise ValueError("only one prompt per request is supported")
+            # Found by fuzzing: ids outside the vocabulary made llama_decode fail. Ids at or above
+            # this model's vocabulary size still have to be caught where the vocabulary is known.
+            if isinstance(value[0], int) and any(not 0 <= token < 2**31 for token in value):
+                raise ValueError("token ids must be non-negative integers below the model's vocabulary size")
+        return value
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo is not supported by this server")
+        if self.suffix:
+            raise ValueError("suffix is not supported by this server")
+        if self.best_of not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return self
+
+    def token_limit(self) -> int | None:
+        # The legacy completions API defaults to 16 tokens, as OpenAI's does.
+        return self.max_tokens if self.max_tokens is not None else 16
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
