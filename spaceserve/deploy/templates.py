@@ -7,7 +7,6 @@ template (another GGUF) by copying one; nothing here lists the templates by name
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
-from ..settings import SECRET_SETTINGS, SPACES_DIR, TEMPLATE_PATTERN, serves_proxy
+from ..proxy.config import read_upstream_list
+from ..settings import SECRET_SETTINGS, SPACES_DIR, TEMPLATE_PATTERN, SettingsError, serves_proxy
 
 ImageEngine = Literal["llama", "none"]  # the Dockerfile's ENGINE build argument
 TEMPLATE_NAME = re.compile(TEMPLATE_PATTERN)
@@ -55,30 +55,26 @@ class SpaceTemplate:
         return "none" if serves_proxy(self.name, self.settings()) else "llama"
 
     def upstream_key_names(self, repo_root: Path | None = None) -> list[str]:
-        """Names of the env variables holding upstream keys (``api_key_env`` in the upstream list)."""
-        settings = self.settings()
-        documents: list[str] = []
-        if settings.get("UPSTREAMS"):
-            documents.append(settings["UPSTREAMS"])
-        if settings.get("UPSTREAMS_FILE"):
-            documents.append(self._upstreams_file(settings["UPSTREAMS_FILE"], repo_root).read_text(encoding="utf-8"))
-        names: list[str] = []
-        for text in documents:
-            for name in _find_key_envs(_load_structured(text, self.settings_file)):
-                if name not in names:
-                    names.append(name)
-        return names
+        """Names of the env variables holding upstream keys (``api_key_env`` in the upstream list).
 
-    def _upstreams_file(self, value: str, repo_root: Path | None) -> Path:
-        # In the image the path is relative to the app folder, which is the repo root here;
-        # a bare file name is looked up next to settings.env.
-        path = Path(value)
-        candidates = [path] if path.is_absolute() else [(repo_root or self.folder.parent.parent) / path]
-        candidates.append(self.folder / path.name)
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        raise TemplateError(f"{self.settings_file}: UPSTREAMS_FILE={value} does not exist (looked in {candidates[0]})")
+        The list is read as the proxy reads it, with the repository root standing in for the app
+        directory.
+        """
+        settings = self.settings()
+        upstreams, upstreams_file = settings.get("UPSTREAMS"), settings.get("UPSTREAMS_FILE")
+        if not upstreams and not upstreams_file:
+            return []
+        try:
+            _, raw = read_upstream_list(
+                upstreams, Path(upstreams_file) if upstreams_file else None, repo_root or self.folder.parent.parent
+            )
+        except SettingsError as exc:
+            raise TemplateError(f"{self.settings_file}: {exc}") from None
+        names: list[str] = []
+        for name in _find_key_envs(raw):
+            if name not in names:
+                names.append(name)
+        return names
 
     def check(self) -> None:
         """Refuse templates that cannot become a Space: no README, no app_port, secrets in settings."""
@@ -121,21 +117,6 @@ def parse_front_matter(text: str) -> dict[str, str]:
             continue  # nested YAML the Hub understands but this image does not need
         values[key.strip()] = value.strip().strip("\"'")
     raise TemplateError("README.md front matter is not closed by a '---' line")
-
-
-def _load_structured(text: str, where: Path) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        import yaml
-    except ImportError as exc:
-        raise TemplateError(f"{where}: the upstream list is not JSON (install pyyaml to read YAML)") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TemplateError(f"{where}: the upstream list is neither JSON nor YAML: {exc}") from exc
 
 
 def _find_key_envs(node: object) -> Iterator[str]:

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -117,25 +118,31 @@ class ProxyConfig:
 
 def load_proxy_config(settings: ProxySettings, environ: Mapping[str, str] | None = None) -> ProxyConfig:
     """Read, validate and resolve the upstream list; raise SettingsError naming entry and field."""
-    source, raw = _read_source(settings)
+    source, raw = read_upstream_list(settings.upstreams, settings.upstreams_file)
     try:
         return parse_proxy_config(raw, os.environ if environ is None else environ)
     except SettingsError as exc:
         raise SettingsError(f"{source}: {exc}") from None
 
 
-def _read_source(settings: ProxySettings) -> tuple[str, Any]:
-    if settings.upstreams and settings.upstreams_file:
+def read_upstream_list(upstreams: str | None, upstreams_file: Path | None, root: Path = ROOT_DIR) -> tuple[str, Any]:
+    """The upstream list as parsed JSON/YAML, with a label naming where it came from.
+
+    ``UPSTREAMS`` is inline JSON; ``UPSTREAMS_FILE`` is a path, relative ones tried from the working
+    directory, then from ``root`` (the app directory); ``.yaml``/``.yml`` files are YAML, others JSON.
+    The proxy and the publishing checks both read it here.
+    """
+    if upstreams and upstreams_file:
         raise SettingsError("set UPSTREAMS (inline JSON) or UPSTREAMS_FILE (a path), not both")
-    if settings.upstreams:
+    if upstreams:
         try:
-            return "UPSTREAMS", json.loads(settings.upstreams)
+            return "UPSTREAMS", json.loads(upstreams)
         except json.JSONDecodeError as exc:
             raise SettingsError(f"UPSTREAMS: not valid JSON: {exc}") from None
-    if settings.upstreams_file:
-        path = settings.upstreams_file
+    if upstreams_file:
+        path = upstreams_file
         if not path.is_absolute() and not path.exists():
-            path = ROOT_DIR / path  # the app directory, wherever the process was started
+            path = root / path
         label = f"UPSTREAMS_FILE ({path})"
         try:
             text = path.read_text(encoding="utf-8")
