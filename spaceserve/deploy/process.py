@@ -84,9 +84,10 @@ class ServerProcess:
         self.cwd = cwd
         self.command = command or [python or sys.executable, "-m", "spaceserve"]
         self.env = clean_env(base_env)
-        self.env.update({"HOST": "127.0.0.1", "PORT": str(self.port), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-        self.env.setdefault("CPU_CORES", "2")
+        self.env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "CPU_CORES": "2"})
         self.env.update(env or {})
+        # The address is this object's to choose (an image's own HOST and PORT are for its container).
+        self.env.update({"HOST": "127.0.0.1", "PORT": str(self.port)})
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
