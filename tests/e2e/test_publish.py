@@ -70,8 +70,9 @@ def test_dry_run_stages_and_prints_the_plan_without_any_request(hub: FakeHub, tm
     out = result.stdout
     assert "template: primary (engine: llama)" in out
     assert "secret: API_KEYS (generated)" in out and "variable: MAX_QUEUE=8" in out
-    for name in ("Dockerfile", "README.md", "app.py", "spaces/primary/settings.env", "spaceserve/server.py"):
+    for name in ("Dockerfile", "README.md", "app.py", "spaces/primary/settings.env", "spaceserve/model/app.py"):
         assert f"  {name}\n" in out
+    assert "spaceserve/deploy/" not in out  # the tooling stays out of the Space
     assert "dry run: nothing was sent" in out
     assert (tmp_path / "stage" / "Dockerfile").read_text().count("ARG TEMPLATE=primary") == 1
 
