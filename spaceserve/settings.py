@@ -144,6 +144,7 @@ class ModelSettings(CommonSettings):
     # embedded | a local path | hf://owner/name[@revision]/path/in/repo.gguf
     model_source: str = "embedded"
     model_id: str | None = None
+    # Other names clients may send in `model`; `*` answers any name (as llama-server and TGI do).
     model_aliases: CommaList = Field(default_factory=list)
     model_cache_dir: Path | None = None
     hf_token: SecretStr | None = None
@@ -153,8 +154,16 @@ class ModelSettings(CommonSettings):
     # 8 measured best on 2 vCPU (bench.compare --servers ours-2,ours-4,ours-8; see README, Performance).
     parallel_slots: int = Field(default=8, ge=1, le=64)
     batch_size: int = Field(default=512, ge=8)
+    # KV cells shared by the slots (0: PARALLEL_SLOTS streams of CONTEXT_SIZE each). Below
+    # PARALLEL_SLOTS x CONTEXT_SIZE, one pool: a request waits in the queue until its prompt +
+    # max_tokens fit beside the running ones, so a running reply is never cut for room.
+    kv_cache_tokens: int = Field(default=0, ge=0)
+    kv_cache_type: Literal["f16", "q8_0"] = "f16"
     cpu_cores: Annotated[int | None, BlankAsNone] = Field(default=None, ge=1)
     max_queue: int = Field(default=32, ge=0)
+    # max_tokens beyond the room the context leaves: `clamp` to the room (llama-server's way; the
+    # reply ends with finish_reason "length"), or `error`, OpenAI's 400 context_length_exceeded.
+    max_tokens_overflow: Literal["clamp", "error"] = "clamp"
     request_timeout: float = Field(default=600.0, gt=0)
     warmup: bool = True
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..settings import CommonSettings
 from .auth import KeyRing, presented_keys
@@ -58,6 +59,37 @@ async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
+Gate = Callable[[Request], None]  # raises an APIError to refuse a request before its body is read
+
+
+class GateMiddleware:
+    """Refuses ``/v1/`` requests that cannot be served now, before their body is read or parsed.
+
+    Clients such as ``@huggingface/inference`` retry a 503 at once and without limit; each refusal
+    during loading must cost a header check, not the parsing of a 50 KB prompt. Sits inside the
+    access log, metrics and rate limit, so refusals are still logged, counted and limited.
+    """
+
+    def __init__(self, app: ASGIApp, keyring: KeyRing, gate: Gate | None) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+            request = Request(scope)
+            try:
+                if self.keyring.refusal:
+                    self.keyring.check([])  # raises: no key on a public host
+                if self.gate is not None:
+                    self.gate(request)
+            except APIError as error:
+                get_record(scope).failed(error)
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def configure_logging(settings: CommonSettings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -65,11 +97,14 @@ def configure_logging(settings: CommonSettings) -> None:
     )
 
 
-def build_base_app(settings: CommonSettings, lifespan: Callable[[FastAPI], Any], title: str) -> FastAPI:
+def build_base_app(
+    settings: CommonSettings, lifespan: Callable[[FastAPI], Any], title: str, *, gate: Gate | None = None
+) -> FastAPI:
     """What every mode shares: errors, body limit, access log, keys, rate limits, metrics.
 
     A mode's /v1 router adds ``Depends(enforce_rate_limit)`` after its key check, and registers its
-    own collectors on ``app.state.metrics``.
+    own collectors on ``app.state.metrics``. ``gate`` refuses /v1 requests before their body is read
+    (the model server: while the model loads or after it failed).
     """
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -78,6 +113,7 @@ def build_base_app(settings: CommonSettings, lifespan: Callable[[FastAPI], Any],
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(GateMiddleware, keyring=app.state.keyring, gate=gate)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.ratelimiter)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)

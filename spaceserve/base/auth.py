@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ..settings import CommonSettings
-from .errors import AuthenticationFailed, ServiceUnavailable
+from .errors import AuthenticationFailed, Misconfigured
 
 log = logging.getLogger("spaceserve.base.auth")
 
@@ -53,7 +53,7 @@ class KeyRing:
         the ``Authorization`` header, so the API key then comes in ``X-API-Key``.
         """
         if self.refusal:
-            raise ServiceUnavailable(self.refusal, code="auth_not_configured")
+            raise Misconfigured(self.refusal, code="auth_not_configured")
         if not self.keys:
             return None
         if not presented:

@@ -93,6 +93,15 @@ class ServiceUnavailable(APIError):
     error_type = "service_unavailable"
 
 
+class Misconfigured(APIError):
+    """The server runs but will never serve as configured (no key on a public host, the model failed
+    to load). A 500, not a 503: clients retry a 503 at once and forever; this needs the operator."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "misconfigured"
+
+
 class InternalError(APIError):
     status_code = 500
     error_type = "server_error"

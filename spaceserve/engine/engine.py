@@ -58,6 +58,7 @@ class LlamaEngine:
             slots=model.shape.slots,
             chat_template=chat_format.name,
             n_vocab=model.n_vocab,
+            kv_cache=model.describe_kv(),
         )
         self._mailbox: Mailbox | None = None
         self.scheduler.start()
@@ -72,6 +73,8 @@ class LlamaEngine:
             slots=settings.parallel_slots,
             batch=settings.batch_size,
             threads=settings.threads(),
+            pool=settings.kv_cache_tokens,
+            kv_type=settings.kv_cache_type,
         )
         started = time.monotonic()
         model = LoadedModel(path, shape, verbose=settings.log_level == "debug")

@@ -58,6 +58,7 @@ class Slot:
     started_at: float = 0.0
     first_token_at: float = 0.0
     batch_index: int = -1
+    reserved: int = 0  # KV cells the request may grow to (prompt + max_tokens), counted in a pool
 
     @property
     def busy(self) -> bool:
@@ -173,14 +174,36 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting:
             free = [slot for slot in self.slots if not slot.busy]
-            if not free:
-                return
+            if not free or not self._make_room(self._waiting[0], free):
+                return  # first come, first served: the head waits for a slot or for cells
             request = self._waiting.popleft()
             try:
                 self._seat(request, free)
             except Exception:
                 log.exception("could not start a request")
                 request.emit(Failed(InternalError("the engine could not start this request")))
+
+    def _reservation(self, request: GenerationRequest) -> int:
+        return min(len(request.prompt) + request.max_tokens, self.model.shape.per_slot)
+
+    def _make_room(self, request: GenerationRequest, free: list[Slot]) -> bool:
+        """In a shared KV pool, admit a request only when all it may grow to fits beside what the
+        running requests may grow to, so no running reply is ever cut for room. Idle slots' cached
+        prefixes give way, the least useful to this prompt first."""
+        shape = self.model.shape
+        if not shape.pooled:
+            return True
+        committed = sum(slot.reserved for slot in self.slots if slot.busy) + self._reservation(request)
+        if committed > shape.pool:
+            return False
+        idle = sorted((s for s in free if s.cached), key=lambda s: common_prefix(s.cached, request.prompt))
+        held = sum(len(slot.cached) for slot in idle)
+        while committed + held > shape.pool:
+            victim = idle.pop(0)
+            held -= len(victim.cached)
+            llama_cpp.llama_memory_seq_rm(self.model.memory, victim.seq_id, -1, -1)
+            victim.cached = []
+        return True
 
     def _seat(self, request: GenerationRequest, free: list[Slot]) -> None:
         prompt = request.prompt
@@ -191,6 +214,7 @@ class Scheduler:
         slot = min(free, key=lambda s: s.seq_id)
         self._place_prefix(slot, prompt)
         slot.request = request
+        slot.reserved = self._reservation(request)
         slot.sampler = sampler
         slot.pending = prompt[len(slot.cached) :]
         slot.reused = len(slot.cached)
@@ -359,3 +383,4 @@ class Scheduler:
         slot.text = None
         slot.pending = []
         slot.batch_index = -1
+        slot.reserved = 0

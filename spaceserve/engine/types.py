@@ -41,6 +41,7 @@ class EngineInfo:
     slots: int
     chat_template: str
     n_vocab: int
+    kv_cache: str = ""  # how the KV cache is laid out, for /health
 
 
 @dataclass

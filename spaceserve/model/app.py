@@ -13,8 +13,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..base.app import RecordDep, build_base_app, require_key, until_disconnected
+from ..base.auth import KeyRing, presented_keys
 from ..base.ratelimit import enforce_rate_limit
-from ..base.requestlog import RequestRecord
+from ..base.requestlog import RequestRecord, get_record
 from ..base.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from ..base.sse import HEADERS as SSE_HEADERS
 from ..engine.source import default_model_id
@@ -22,7 +23,7 @@ from ..engine.types import Engine, Event, Failed
 from ..settings import ModelSettings
 from ..web import include_front_page
 from .runtime import ModelRuntime, RuntimeCollector
-from .service import CompletionService, Prepared, timing_headers
+from .service import ANY_MODEL, CompletionService, Prepared, timing_headers
 
 log = logging.getLogger("spaceserve.model.app")
 
@@ -42,6 +43,7 @@ def service_dep(request: Request, runtime: RuntimeDep) -> CompletionService:
         engine,
         accepted_models={engine.info.model_id, *settings.model_aliases},
         request_timeout=settings.request_timeout,
+        clamp_max_tokens=settings.max_tokens_overflow == "clamp",
     )
 
 
@@ -79,10 +81,24 @@ public = APIRouter()
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Depends(enforce_rate_limit)])
 
 
+HEALTH_STATUS = {"ok": 200, "loading": 503, "error": 500}
+
+
 @public.get("/health")
 async def health(runtime: RuntimeDep) -> JSONResponse:
     body = runtime.health()
-    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    return JSONResponse(body, status_code=HEALTH_STATUS[body["status"]])
+
+
+def readiness_gate(request: Request) -> None:
+    """Until the model is ready, answer /v1 with the key check and 503 (loading) or 500 (failed),
+    without reading the body: a client retrying every 503 at once costs a header check each time."""
+    runtime: ModelRuntime = request.app.state.runtime
+    if runtime.engine is not None:
+        return
+    keyring: KeyRing = request.app.state.keyring
+    get_record(request.scope).key = keyring.check(presented_keys(request))
+    runtime.require()
 
 
 async def json_index(request: Request) -> dict[str, Any]:
@@ -100,7 +116,7 @@ async def json_index(request: Request) -> dict[str, Any]:
 async def models(request: Request) -> ModelList:
     settings: ModelSettings = request.app.state.settings
     created = request.app.state.created
-    ids = [request.app.state.model_id, *settings.model_aliases]
+    ids = [request.app.state.model_id, *(a for a in settings.model_aliases if a != ANY_MODEL)]
     return ModelList(data=[ModelCard(id=i, created=created, owned_by="spaceserve") for i in ids])
 
 
@@ -142,7 +158,7 @@ def create_app(settings: ModelSettings, loader: Callable[[], Engine] | None = No
         finally:
             await runtime.close()
 
-    app = build_base_app(settings, lifespan, "spaceserve model server")
+    app = build_base_app(settings, lifespan, "spaceserve model server", gate=readiness_gate)
     app.state.model_id = model_id
     app.state.created = int(time.time())
     # The runtime appears in the lifespan; the collector reads it at scrape time.

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..base.errors import ServiceUnavailable
+from ..base.errors import Misconfigured, ServiceUnavailable
 from ..engine.source import ModelSourceError
 from ..engine.types import Engine, ModelLoadError
 from ..settings import SettingsError
@@ -60,7 +60,7 @@ class ModelRuntime:
         if self.engine is not None:
             return self.engine
         if self.status == "error":
-            raise ServiceUnavailable(f"the model failed to load: {self.reason}", code="model_load_failed")
+            raise Misconfigured(f"the model failed to load: {self.reason}", code="model_load_failed")
         raise ServiceUnavailable(
             "the model is still loading; retry shortly", code="model_loading", headers={"Retry-After": "5"}
         )
@@ -81,6 +81,7 @@ class ModelRuntime:
             "active": self.engine.active,
             "queued": self.engine.queued,
             "chat_template": info.chat_template,
+            "kv_cache": info.kv_cache,
             "load_seconds": round(self.load_seconds or 0.0, 2),
         }
 

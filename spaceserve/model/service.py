@@ -64,11 +64,17 @@ def usage(done: Finished) -> dict[str, Any]:
     }
 
 
+ANY_MODEL = "*"  # in MODEL_ALIASES: answer whatever name the client sends
+
+
 class CompletionService:
-    def __init__(self, engine: Engine, *, accepted_models: set[str], request_timeout: float) -> None:
+    def __init__(
+        self, engine: Engine, *, accepted_models: set[str], request_timeout: float, clamp_max_tokens: bool = True
+    ) -> None:
         self.engine = engine
         self.accepted_models = accepted_models
         self.request_timeout = request_timeout
+        self.clamp_max_tokens = clamp_max_tokens
 
     # -- preparing -------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class CompletionService:
         return self._prepare("text", body, prompt, body.token_limit(), "prompt")
 
     def _check_model(self, name: str) -> None:
-        if name not in self.accepted_models:
+        if name not in self.accepted_models and ANY_MODEL not in self.accepted_models:
             served = self.engine.info.model_id
             raise ModelNotFound(f"the model '{name}' does not exist here; this server serves '{served}'", param="model")
 
@@ -111,7 +117,7 @@ class CompletionService:
                 param=param,
             )
         room = context - len(prompt)
-        if limit is not None and limit > room:
+        if limit is not None and limit > room and not self.clamp_max_tokens:
             raise ContextLengthExceeded(
                 f"this model's maximum context length is {context} tokens; you requested {len(prompt) + limit} "
                 f"tokens ({len(prompt)} in the {param}, {limit} for the completion); lower max_tokens or "
@@ -121,7 +127,7 @@ class CompletionService:
         timeout = min(body.timeout or self.request_timeout, self.request_timeout)
         request = GenerationRequest(
             prompt=prompt,
-            max_tokens=limit if limit is not None else room,
+            max_tokens=min(limit, room) if limit is not None else room,
             sampling=SamplingParams(
                 temperature=body.temperature,
                 top_p=body.top_p,
@@ -136,7 +142,9 @@ class CompletionService:
             deadline=time.monotonic() + timeout,
         )
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
-        return Prepared(endpoint, request, body.model, body.include_usage, prefix + uuid.uuid4().hex, int(time.time()))
+        # Responses name the model that answered, whatever name the client asked for (as OpenAI does).
+        model = self.engine.info.model_id
+        return Prepared(endpoint, request, model, body.include_usage, prefix + uuid.uuid4().hex, int(time.time()))
 
     # -- running ---------------------------------------------------------------------------
 

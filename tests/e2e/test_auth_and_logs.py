@@ -107,7 +107,7 @@ def test_space_without_keys_refuses_completions(start_server: object, model_path
         CONTEXT_SIZE="512",
         PARALLEL_SLOTS="1",
     )
-    error = assert_openai_error(call(server, *PROTECTED[1], {}), 503, "auth_not_configured")
+    error = assert_openai_error(call(server, *PROTECTED[1], {}), 500, "auth_not_configured")
     assert "API_KEYS" in error["message"] and "ALLOW_UNAUTHENTICATED" in error["message"]
     assert httpx.get(server.url + "/health").status_code == 200
     assert "refusing completions" in server.log()

@@ -104,12 +104,6 @@ def test_prompt_longer_than_context_is_400_with_both_numbers(server: ServerProce
     assert_still_serving(server)
 
 
-def test_prompt_plus_max_tokens_over_context_is_400(server: ServerProcess) -> None:
-    body = {**CHAT, "max_tokens": 4000}
-    error = assert_openai_error(post(server, "/v1/chat/completions", json=body), 400, "context_length_exceeded")
-    assert "4000" in error["message"] and "max_tokens" in error["message"]
-
-
 def test_body_over_the_limit_is_413(server: ServerProcess) -> None:
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}]}  # MAX_BODY_BYTES=65536 here
     assert_openai_error(post(server, "/v1/chat/completions", json=big), 413, "request_too_large")

@@ -24,6 +24,7 @@ from ..support.servers import MODEL_ID, REPO, ServerProcess
 from .test_errors import CHAT, assert_openai_error
 
 REPO_ID = "test-owner/tiny-gguf"
+KEY = "sk-loading-test"
 FILENAME = "model-q4_k_m.gguf"
 
 
@@ -31,21 +32,33 @@ FILENAME = "model-q4_k_m.gguf"
 async def test_health_goes_from_loading_to_ready(model_path: Path) -> None:
     """The real engine behind a gate: health says loading (503) until the model is loaded and warm."""
     gate = threading.Event()
-    settings = ModelSettings(model_source=str(model_path), context_size=512, parallel_slots=1, cpu_cores=2)
+    settings = ModelSettings(
+        model_source=str(model_path), context_size=512, parallel_slots=1, cpu_cores=2, api_keys=KEY
+    )
 
     def gated_load() -> LlamaEngine:
         gate.wait(timeout=60)
         return LlamaEngine.load(settings, MODEL_ID)
 
     app = create_app(settings, loader=gated_load)
+    auth = {"Authorization": f"Bearer {KEY}"}
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             loading = await http.get("/health")
             assert loading.status_code == 503 and loading.json() == {"status": "loading"}
-            refused = await http.post("/v1/chat/completions", json=CHAT)
+            refused = await http.post("/v1/chat/completions", json=CHAT, headers=auth)
             assert_openai_error(refused, 503, "model_loading")
             assert refused.headers["retry-after"]
+            # A client that retries every 503 at once: each refusal is a header check, the body is
+            # never read (a malformed one still gets the 503, not a 400), a wrong key still a 401.
+            storm = await asyncio.gather(
+                *(http.post("/v1/chat/completions", content=b"{not json" * 5000, headers=auth) for _ in range(300))
+            )
+            assert {r.status_code for r in storm} == {503}
+            assert {r.json()["error"]["code"] for r in storm} == {"model_loading"}
+            wrong = await http.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer nope"})
+            assert_openai_error(wrong, 401, "invalid_api_key")
             gate.set()
             for _ in range(600):
                 ready = await http.get("/health")
@@ -55,8 +68,10 @@ async def test_health_goes_from_loading_to_ready(model_path: Path) -> None:
             body = ready.json()
             assert body["status"] == "ok"
             assert body["model"] == MODEL_ID and body["context_size"] == 512 and body["threads"] == 2
-            answer = await http.post("/v1/chat/completions", json=CHAT)
+            answer = await http.post("/v1/chat/completions", json=CHAT, headers=auth)
             assert answer.status_code == 200
+            malformed = await http.post("/v1/chat/completions", content=b"{not json", headers=auth)
+            assert_openai_error(malformed, 400)  # once ready, the body is read and judged
 
 
 def failed_health(server: ServerProcess) -> dict[str, object]:
@@ -67,7 +82,7 @@ def failed_health(server: ServerProcess) -> dict[str, object]:
         if response.json()["status"] != "loading":
             break
         time.sleep(0.05)
-    assert response.status_code == 503
+    assert response.status_code == 500  # will never serve: not a 503 that clients retry forever
     body: dict[str, object] = response.json()
     assert body["status"] == "error"
     return body
@@ -77,7 +92,7 @@ def test_missing_file_is_reported_and_the_process_stays_up(start_server: object,
     server: ServerProcess = start_server(wait="listening", MODEL_SOURCE=str(tmp_path / "nope.gguf"))  # type: ignore[operator]
     body = failed_health(server)
     assert "MODEL_SOURCE" in str(body["reason"]) and "nope.gguf" in str(body["reason"])
-    error = assert_openai_error(httpx.post(server.url + "/v1/chat/completions", json=CHAT), 503, "model_load_failed")
+    error = assert_openai_error(httpx.post(server.url + "/v1/chat/completions", json=CHAT), 500, "model_load_failed")
     assert "MODEL_SOURCE" in error["message"]
     assert server.proc.poll() is None
 

@@ -51,9 +51,14 @@ def finished(reason: str = "stop", completion: int = 2) -> Finished:
     return Finished(reason, 3, completion, 0, queued_ms=1.0, prompt_ms=2.0, predicted_ms=4.0)  # type: ignore[arg-type]
 
 
-def service(script: list[Event]) -> tuple[CompletionService, ScriptedEngine]:
+def service(
+    script: list[Event], accepted: set[str] | None = None, *, clamp: bool = True
+) -> tuple[CompletionService, ScriptedEngine]:
     engine = ScriptedEngine(script)
-    return CompletionService(engine, accepted_models={"served-model"}, request_timeout=60), engine
+    svc = CompletionService(
+        engine, accepted_models=accepted or {"served-model"}, request_timeout=60, clamp_max_tokens=clamp
+    )
+    return svc, engine
 
 
 def chat(**fields: object) -> ChatCompletionRequest:
@@ -143,11 +148,27 @@ def test_a_prompt_longer_than_the_context_names_both_numbers() -> None:
     assert caught.value.param == "messages"
 
 
-def test_max_tokens_beyond_the_room_left_is_refused_naming_the_total() -> None:
+def test_max_tokens_beyond_the_room_left_is_clamped_to_that_room() -> None:
     svc, _ = service([])
+    assert svc.prepare_chat(chat(max_tokens=70)).request.max_tokens == CONTEXT - 2  # "say hi": 2 tokens
+    assert svc.prepare_chat(chat(max_tokens=10)).request.max_tokens == 10
+
+
+def test_strict_mode_refuses_max_tokens_beyond_the_room_naming_the_total() -> None:
+    svc, _ = service([], clamp=False)
     with pytest.raises(ContextLengthExceeded, match="you requested 72 tokens") as caught:
         svc.prepare_chat(chat(max_tokens=70))
     assert caught.value.param == "max_tokens"
+
+
+def test_the_wildcard_alias_accepts_any_model_and_answers_with_the_served_name() -> None:
+    svc, _ = service([], accepted={"served-model", "*"})
+    for name in ("deepseek-ai/DeepSeek-V3-0324:novita", "dummy", "https://example.hf.space"):
+        assert svc.prepare_chat(chat(model=name)).model == "served-model"
+    alias, _ = service([], accepted={"served-model", "coder"})
+    assert alias.prepare_chat(chat(model="coder")).model == "served-model"
+    with pytest.raises(ModelNotFound):
+        alias.prepare_chat(chat(model="dummy"))
 
 
 def test_a_request_without_top_k_or_min_p_gets_the_documented_defaults() -> None:
