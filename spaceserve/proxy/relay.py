@@ -7,11 +7,11 @@ Fallback policy, in one place (the table in docs/proxy.md says the same):
   failure counts towards the upstream's cooldown;
 - the request is too long for this upstream's context (:func:`is_context_overflow`): try the next
   upstream, which may have a larger one; no cooldown (the upstream is fine);
-- 401, 402, 403, or 404 for a model the proxy chose (a wrong key, no credit, a wrong model or
-  base_url: the operator's mistake, not the client's): try the next upstream and cool this one
-  down at once;
-- 404 for the client's own model name (the upstream has no ``model`` set): try the next upstream,
-  no cooldown;
+- 401, 402, 403, or "no such model" (404, or a 400 saying so: :func:`is_unknown_model`) for a
+  model the proxy chose (a wrong key, no credit, a wrong model or base_url: the operator's mistake,
+  not the client's): try the next upstream and cool this one down at once;
+- "no such model" for the client's own model name (the upstream has no ``model`` set): try the
+  next upstream, no cooldown;
 - any other 4xx (400, 413, 422, ...): the client's problem; return it unchanged in OpenAI shape
   and try nothing else;
 - a stream that fails after its first event was relayed cannot be retried invisibly: it ends with
@@ -512,14 +512,15 @@ class ProxyService:
         if status in _OPERATOR_FAULTS:
             label, hint = _OPERATOR_FAULTS[status]
             return UpstreamFailure(f"HTTP {status}{said}: {hint}", label, cooldown="now")
-        if status == 404:
+        if status == 404 or (status == 400 and is_unknown_model(error)):
+            status_said = f"HTTP {status}{said}"
             if state.config.model:
                 hint = f"no such model '{state.config.model}' or route; check its model and base_url"
-                return UpstreamFailure(f"HTTP 404{said}: {hint}", "not_found", cooldown="now")
+                return UpstreamFailure(f"{status_said}: {hint}", "not_found", cooldown="now")
             # The client's own model name went through: this upstream lacks it, another may not.
             answer = RelayedError(status, error, state.name)
             return UpstreamFailure(
-                f"HTTP 404{said}: it does not serve that model", "not_found", cooldown="none", answer=answer
+                f"{status_said}: it does not serve that model", "not_found", cooldown="none", answer=answer
             )
         return RelayedError(status, error, state.name)
 
@@ -557,6 +558,14 @@ def is_context_overflow(error: dict[str, Any]) -> bool:
         return True
     message = str(error.get("message") or "").lower()
     return any(phrase in message for phrase in _OVERFLOW_PHRASES)
+
+
+def is_unknown_model(error: dict[str, Any]) -> bool:
+    """Whether a 400 says the upstream has no such model: code ``model_not_found`` or
+    ``model_not_supported``, or the HF router's "is not supported by any provider you have enabled"."""
+    if error.get("code") in ("model_not_found", "model_not_supported"):
+        return True
+    return "not supported by any provider" in str(error.get("message") or "").lower()
 
 
 def _too_long(state: UpstreamState, status: int, error: dict[str, Any]) -> UpstreamFailure:

@@ -43,6 +43,7 @@ def rig(start_server: Any, server: ServerProcess) -> Iterator[Rig]:
         "e422": FakeUpstream("422", name="e422"),
         "e403": FakeUpstream("403", name="e403"),
         "e404": FakeUpstream("404", name="e404"),
+        "e400-model": FakeUpstream("400-model", name="e400-model"),
         "spare": FakeUpstream("ok", name="spare"),
     }
     fakes |= {mode: FakeUpstream(mode, name=mode) for mode in (*TOO_LONG, "context-event")}
@@ -63,7 +64,7 @@ def rig(start_server: Any, server: ServerProcess) -> Iterator[Rig]:
         # a streamed request goes to the "-s" entry, a non-streamed one to the other.
         *(
             upstream(name + suffix, fakes[name].url, api_key_env="E401_KEY", model="gpt-nope")
-            for name in ("e401", "e403", "e404")
+            for name in ("e401", "e403", "e404", "e400-model")
             for suffix in ("-s", "")
             if name + suffix != "e401"
         ),
@@ -73,7 +74,10 @@ def rig(start_server: Any, server: ServerProcess) -> Iterator[Rig]:
     aliases = {name: [name, "model"] for name in ("refused", "hang", "e500", "e401", "e400", "e422")}
     aliases["e429"] = ["e429", "spare"]  # a canned answer is enough here; generation only costs time
     aliases |= {"model": ["model"], "all-fail": ["refused", "e500", "hang"], "e429-alone": ["e429-alone"]}
-    aliases |= {name: [name, "spare"] for name in ("e401-s", "e403", "e403-s", "e404", "e404-s", "e404-client")}
+    aliases |= {
+        name: [name, "spare"]
+        for name in ("e401-s", "e403", "e403-s", "e404", "e404-s", "e400-model", "e400-model-s", "e404-client")
+    }
     aliases |= {mode: [mode, "spare"] for mode in (*TOO_LONG, "context-event")}
     aliases |= {
         "small-model": ["model", "spare"],  # the real model server, its context 2048 tokens
@@ -229,9 +233,12 @@ def test_the_real_model_server_refusing_a_too_long_prompt_moves_on(rig: Rig) -> 
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize(("fake", "reason"), [("e401", "auth"), ("e403", "auth"), ("e404", "not_found")])
+@pytest.mark.parametrize(
+    ("fake", "status", "reason"),
+    [("e401", 401, "auth"), ("e403", 403, "auth"), ("e404", 404, "not_found"), ("e400-model", 400, "not_found")],
+)
 def test_a_wrong_upstream_key_or_model_moves_on_and_cools_the_upstream_down(
-    rig: Rig, fake: str, reason: str, stream: bool
+    rig: Rig, fake: str, status: int, reason: str, stream: bool
 ) -> None:
     name = fake + ("-s" if stream else "")  # each cools down at once: one entry for each way of asking
     nxt = "model" if name == "e401" else "spare"
@@ -247,7 +254,7 @@ def test_a_wrong_upstream_key_or_model_moves_on_and_cools_the_upstream_down(
     row = health(rig.proxy)[name]
     assert row["state"] == "cooling"
     assert 20 < row["cooldown_seconds"] <= 30  # UPSTREAM_COOLDOWN_PERIOD's default, though failures=1000
-    assert row["last_error"].startswith(f"HTTP {fake[1:]}")
+    assert row["last_error"].startswith(f"HTTP {status}")
     after = scrape(rig.proxy, CLIENT_KEY)
     labels = {"upstream": name, "reason": reason}
     failures = "spaceserve_proxy_failures_total"
@@ -261,7 +268,7 @@ def test_a_wrong_upstream_key_or_model_moves_on_and_cools_the_upstream_down(
     assert health(rig.proxy)[name]["counters"]["skipped"] == 1
 
     log = rig.proxy.log()
-    assert f"upstream {name} is misconfigured (HTTP {fake[1:]}" in log
+    assert f"upstream {name} is misconfigured (HTTP {status}" in log
     assert UPSTREAM_SECRET not in log and UPSTREAM_SECRET not in first.text
     assert CLIENT_KEY not in log
     assert "Say hi." not in log  # no prompt text

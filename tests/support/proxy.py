@@ -77,7 +77,7 @@ class Received:
 
 
 class FakeUpstream:
-    """Modes: ok, slow (ok after ``delay``), 500, 429, 401, 403, 404 (no such model), 400 and 422
+    """Modes: ok, slow (ok after ``delay``), 500, 429, 401, 403, 404 and 400-model (no such model), 400 and 422
     (genuinely bad requests), hang, drop (stream breaks after its first chunk), hold (stream sends
     one chunk, then waits), hf (text-generation answers), and the too-long answers of real servers
     (see ``TOO_LONG``): context (OpenAI), context-llama (llama-server), context-tgi (TGI, 422),
@@ -182,6 +182,9 @@ class FakeUpstream:
             missing = _error("The model `gpt-nope` does not exist", "invalid_request_error")
             missing["error"]["code"] = "model_not_found"
             writer.write(_response(404, missing))
+        elif mode == "400-model":  # the HF router's answer for a model no enabled provider serves
+            message = "The requested model 'gpt-nope' is not supported by any provider you have enabled."
+            writer.write(_response(400, _error(message, "invalid_request_error")))
         elif mode == "400":
             writer.write(_response(400, _error(GENUINE_400, "invalid_request_error")))
         elif mode == "422":

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from spaceserve.proxy.relay import _openai_error, is_context_overflow
+from spaceserve.proxy.relay import _openai_error, is_context_overflow, is_unknown_model
 
 TOO_LONG = {
     "openai": {
@@ -92,3 +92,12 @@ def test_too_long_answers_are_recognised(name: str) -> None:
 def test_genuine_client_errors_are_not(name: str) -> None:
     body = GENUINE[name]
     assert not is_context_overflow(_openai_error(400, body if isinstance(body, str) else json.dumps(body)))
+
+
+def test_a_400_naming_an_unknown_model_is_told_from_other_400s() -> None:
+    hf_router = {"error": "The requested model 'x/y' is not supported by any provider you have enabled."}
+    coded = {"error": {"message": "The requested model is not supported.", "code": "model_not_supported"}}
+    for body in (hf_router, coded):
+        assert is_unknown_model(_openai_error(400, json.dumps(body)))
+    for body in GENUINE.values():
+        assert not is_unknown_model(_openai_error(400, body if isinstance(body, str) else json.dumps(body)))
