@@ -18,7 +18,8 @@ class ProxyMetrics:
         )
         self.failures = Counter(
             "spaceserve_proxy_failures",
-            "upstream attempts that failed, by reason (connect_error, first_byte_timeout, http_503, dropped, ...)",
+            "upstream attempts that did not serve, by reason (connect_error, first_byte_timeout, http_503, dropped, "
+            "context_length, auth, payment, not_found, ...)",
             ["upstream", "reason"],
             registry=registry,
         )

@@ -1,13 +1,25 @@
 """Forwarding: walk the chain an alias maps to, try each upstream, relay the first good answer.
 
-Fallback policy, in one place:
+Fallback policy, in one place (the table in docs/proxy.md says the same):
 
 - connection error, timeout before the first byte (first SSE event when streaming), 408, 429,
-  5xx, a malformed answer, or a stream whose first event is an error: try the next upstream;
-- any other 4xx (400, 401, 404, 413, 422, ...): the client's problem; return it unchanged in
-  OpenAI shape and try nothing else;
+  5xx, a malformed answer, or a stream whose first event is an error: try the next upstream; the
+  failure counts towards the upstream's cooldown;
+- the request is too long for this upstream's context (:func:`is_context_overflow`): try the next
+  upstream, which may have a larger one; no cooldown (the upstream is fine);
+- 401, 402, 403, or "no such model" (404, or a 400 saying so: :func:`is_unknown_model`) for a
+  model the proxy chose (a wrong key, no credit, a wrong model or base_url: the operator's mistake,
+  not the client's): try the next upstream and cool this one down at once;
+- "no such model" for the client's own model name (the upstream has no ``model`` set): try the
+  next upstream, no cooldown;
+- any other 4xx (400, 413, 422, ...): the client's problem; return it unchanged in OpenAI shape
+  and try nothing else;
 - a stream that fails after its first event was relayed cannot be retried invisibly: it ends with
   an error event and ``[DONE]``.
+
+When every upstream tried answered with a client error that moved on (too long, an unknown model
+of the client's) and none was skipped, the client gets the last of those answers as it was;
+otherwise 502 (all tried ones failed) or 503 (none could be tried).
 
 Upstream keys go out only in the ``Authorization`` header; text that comes back is scrubbed of
 them before it can reach a client or a log line.
@@ -20,6 +32,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +49,7 @@ from ..base.schemas import Endpoint
 from ..base.sse import DONE, sse
 from . import hf
 from .config import UpstreamConfig
-from .state import UpstreamPool, UpstreamState
+from .state import CooldownEffect, UpstreamPool, UpstreamState
 
 log = logging.getLogger("spaceserve.proxy")
 T = TypeVar("T")
@@ -45,13 +58,26 @@ _ERROR_TYPES = {401: "authentication_error", 403: "permission_error"}
 
 
 class UpstreamFailure(Exception):
-    """This upstream could not serve the request; the next one may."""
+    """This upstream could not serve the request; the next one may.
 
-    def __init__(self, reason: str, code: str, retry_after: float | None = None) -> None:
+    ``cooldown`` is what the failure does to the upstream's circuit; ``answer`` is the upstream's
+    own error, kept for the client in case no other upstream does better."""
+
+    def __init__(
+        self,
+        reason: str,
+        code: str,
+        retry_after: float | None = None,
+        *,
+        cooldown: CooldownEffect = "count",
+        answer: RelayedError | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
         self.retry_after = retry_after
+        self.cooldown = cooldown
+        self.answer = answer
 
 
 class RelayedError(APIError):
@@ -277,6 +303,8 @@ class ProxyService:
         problems: list[str] = []
         failed: list[str] = []
         tried: set[str] = set()
+        skipped = False
+        answers: list[RelayedError | None] = []  # per failed attempt: the client's error, if it was one
         last_failed: UpstreamState | None = None
         for tier in chain:
             while (state := self.pool.pick(tier, tried)) is not None:
@@ -287,12 +315,15 @@ class ProxyService:
                 try:
                     result = await attempt(state)
                 except UpstreamFailure as failure:
-                    state.record_failure(failure.reason, failure.retry_after, code=failure.code)
+                    state.record_failure(
+                        failure.reason, failure.retry_after, code=failure.code, cooldown=failure.cooldown
+                    )
                     state.release()
                     last_failed = state
                     problems.append(f"{state.name}: {failure.reason}")
                     failed.append(f"{state.name}:{failure.code}")
-                    log.warning("upstream %s failed, trying the next one: %s", state.name, failure.reason)
+                    answers.append(failure.answer)
+                    _log_failure(state, failure)
                     continue
                 except RelayedError as relayed:
                     state.record_success(client_error=True)
@@ -311,13 +342,17 @@ class ProxyService:
             for member in tier.members:
                 if member.name in tried:
                     continue
-                skipped = self.pool.states[member.name]
-                reason = skipped.unavailable_reason()
+                other = self.pool.states[member.name]
+                reason = other.unavailable_reason()
                 if reason != "disabled":
-                    skipped.record_skip()
+                    other.record_skip()
+                    skipped = True
                     problems.append(f"{member.name}: {reason or 'not tried'}")
         self._note(record, None, tried, failed)
-        error = self._exhausted(model, problems, attempted=bool(tried))
+        # When every upstream that could be asked said the request itself does not suit it (too
+        # long, a model it does not have), the last one's own answer tells the client more than a 502.
+        told = answers[-1] if answers and not skipped and all(answers) else None
+        error: APIError = told or self._exhausted(model, problems, attempted=bool(tried))
         record.failed(error)
         raise error
 
@@ -412,8 +447,10 @@ class ProxyService:
                 raise UpstreamFailure("the stream ended before its first event", "dropped")
             problem = event.error()
             if problem is not None:
-                message = state.scrub(str(problem.get("message") if isinstance(problem, dict) else problem))
-                raise UpstreamFailure(f"the stream began with an error: {message[:200]}", "stream_error")
+                error = _openai_error(400, state.scrub(json.dumps({"error": problem})))
+                if is_context_overflow(error):
+                    raise _too_long(state, 400, error)
+                raise UpstreamFailure(f"the stream began with an error: {str(error['message'])[:200]}", "stream_error")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -467,7 +504,91 @@ class ProxyService:
             return UpstreamFailure(detail, f"http_{status}", retry_after)
         if status < 400:
             return UpstreamFailure(f"unexpected HTTP {status} (redirects are not followed)", "redirect")
+        if status in _OVERFLOW_STATUSES and is_context_overflow(error):
+            return _too_long(state, status, error)
+        # The upstream's messages are left out below: a refused key is often echoed back in part.
+        code = error.get("code")
+        said = f" ({code})" if isinstance(code, str) and _LABEL.fullmatch(code) else ""
+        if status in _OPERATOR_FAULTS:
+            label, hint = _OPERATOR_FAULTS[status]
+            return UpstreamFailure(f"HTTP {status}{said}: {hint}", label, cooldown="now")
+        if status == 404 or (status == 400 and is_unknown_model(error)):
+            status_said = f"HTTP {status}{said}"
+            if state.config.model:
+                hint = f"no such model '{state.config.model}' or route; check its model and base_url"
+                return UpstreamFailure(f"{status_said}: {hint}", "not_found", cooldown="now")
+            # The client's own model name went through: this upstream lacks it, another may not.
+            answer = RelayedError(status, error, state.name)
+            return UpstreamFailure(
+                f"{status_said}: it does not serve that model", "not_found", cooldown="none", answer=answer
+            )
         return RelayedError(status, error, state.name)
+
+
+# -- which client errors move on ----------------------------------------------------------
+
+# 4xx answers that say this upstream is set up wrong, whatever the request: label and hint.
+_OPERATOR_FAULTS = {
+    401: ("auth", "the upstream refused the proxy's key; check its api_key_env"),
+    402: ("payment", "the upstream wants payment (credits used up?)"),
+    403: ("auth", "the upstream's key may not do this; check its api_key_env and the key's permissions"),
+}
+_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+# Statuses a too-long request comes back with: 400 (OpenAI, llama-server, vLLM), 413, 422 (TGI).
+_OVERFLOW_STATUSES = (400, 413, 422)
+# Wording of the too-long answers, lower case: OpenAI and vLLM ("maximum context length is N
+# tokens"), SGLang and Together ("the model's context length"), llama-server ("exceeds the
+# available context size"), others' "context window", TGI and the HF router's hf-inference
+# provider ("`inputs` tokens + `max_new_tokens` must be <= N", "`inputs` must have less than N tokens").
+_OVERFLOW_PHRASES = (
+    "context length",
+    "maximum context",
+    "context size",
+    "context window",
+    "`inputs` tokens + `max_new_tokens` must be",
+    "`inputs` must have less than",
+)
+
+
+def is_context_overflow(error: dict[str, Any]) -> bool:
+    """Whether an upstream's error (OpenAI shape, from :func:`_openai_error`) says the request is too
+    long for its context: code ``context_length_exceeded`` (OpenAI, this project's model server),
+    type ``exceed_context_size_error`` (llama-server), or a message with one of ``_OVERFLOW_PHRASES``."""
+    if error.get("code") == "context_length_exceeded" or error.get("type") == "exceed_context_size_error":
+        return True
+    message = str(error.get("message") or "").lower()
+    return any(phrase in message for phrase in _OVERFLOW_PHRASES)
+
+
+def is_unknown_model(error: dict[str, Any]) -> bool:
+    """Whether a 400 says the upstream has no such model: code ``model_not_found`` or
+    ``model_not_supported``, or the HF router's "is not supported by any provider you have enabled"."""
+    if error.get("code") in ("model_not_found", "model_not_supported"):
+        return True
+    return "not supported by any provider" in str(error.get("message") or "").lower()
+
+
+def _too_long(state: UpstreamState, status: int, error: dict[str, Any]) -> UpstreamFailure:
+    # The message is the upstream's, with token counts in it; no prompt text comes back in these.
+    message = str(error["message"])[:160]
+    return UpstreamFailure(
+        f"too long for its context (HTTP {status}: {message})",
+        "context_length",
+        cooldown="none",
+        answer=RelayedError(status, error, state.name),
+    )
+
+
+def _log_failure(state: UpstreamState, failure: UpstreamFailure) -> None:
+    if failure.cooldown == "now":
+        log.error(
+            "upstream %s is misconfigured (%s): cooling it down for %gs, trying the next one",
+            state.name, failure.reason, state.policy.period,
+        )  # fmt: skip
+    elif failure.cooldown == "none":
+        log.info("upstream %s cannot take this request, trying the next one: %s", state.name, failure.reason)
+    else:
+        log.warning("upstream %s failed, trying the next one: %s", state.name, failure.reason)
 
 
 # -- health probes --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What the proxy knows about each upstream: in-flight requests, failures, cooldown, counters.
 
 Cooldown is a small circuit breaker. ``failures`` failures within ``window`` seconds open it:
-the upstream is skipped for ``period`` seconds. Then it is half-open: exactly one request (or a
+the upstream is skipped for ``period`` seconds; a failure that says the upstream is misconfigured
+(its key refused, its model unknown) opens it at once. Then it is half-open: exactly one request (or a
 background health probe) may try it; success closes the circuit, failure opens it again.
 A ``Retry-After`` from the upstream is honoured separately: it is skipped until then.
 
@@ -19,12 +20,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..base.errors import ModelNotFound
 from .config import CATCH_ALL, ProxyConfig, Tier, UpstreamConfig
 
 Clock = Callable[[], float]
+# What a failure does to the circuit: "count" towards opening it, open it "now", or leave it alone
+# ("none": the request did not suit this upstream, which answered and is fine).
+CooldownEffect = Literal["count", "now", "none"]
 COUNTER_NAMES = (
     "attempts", "successes", "failures", "client_errors", "fallbacks", "skipped", "probes_ok", "probes_failed",
 )  # fmt: skip
@@ -152,11 +156,17 @@ class UpstreamState:
         self.counters["client_errors" if client_error else "successes"] += 1
         self._close()
 
-    def record_failure(self, reason: str, retry_after: float | None = None, *, code: str) -> None:
-        """A failed attempt: ``reason`` is the sentence for people, ``code`` the short label for metrics."""
+    def record_failure(
+        self, reason: str, retry_after: float | None = None, *, code: str, cooldown: CooldownEffect = "count"
+    ) -> None:
+        """A failed attempt: ``reason`` is the sentence for people, ``code`` the short label for metrics,
+        ``cooldown`` what it does to the circuit (see :data:`CooldownEffect`)."""
         self.counters["failures"] += 1
         self.events.failure(self.name, code)
-        self._fail(reason, retry_after)
+        if cooldown == "none":
+            self._close()  # it answered, so it is up: a half-open trial has its verdict
+        else:
+            self._fail(reason, retry_after, at_once=cooldown == "now")
 
     def record_fallback(self, to: str) -> None:
         """The request this upstream failed moved on to ``to``."""
@@ -187,11 +197,16 @@ class UpstreamState:
         self._probing = False
         self._failures.clear()
 
-    def _fail(self, reason: str, retry_after: float | None) -> None:
+    def _fail(self, reason: str, retry_after: float | None, *, at_once: bool = False) -> None:
         now = self.clock()
         self.last_error = reason
         if retry_after is not None and retry_after > 0:
             self.retry_after_until = now + min(retry_after, self.policy.retry_after_max)
+        if at_once:
+            self.cooling_until = now + self.policy.period
+            self._probing = False
+            self._failures.clear()
+            return
         if self.cooling_until is not None:
             if now >= self.cooling_until:  # the half-open trial failed: open again
                 self.cooling_until = now + self.policy.period

@@ -28,6 +28,46 @@ FAST = {"connect_timeout": 1.0, "first_byte_timeout": 2.0, "total_timeout": 20.0
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
+# Genuinely bad requests: relayed to the client as they are, no fallback.
+GENUINE_400 = "'temperature': 3.5 is greater than the maximum of 2"
+GENUINE_422 = "Input validation error: `temperature` must be strictly positive"
+# "Too long for my context", as real servers say it: (status, body).
+TOO_LONG: dict[str, tuple[int, Any]] = {
+    "context": (
+        400,
+        {
+            "error": {
+                "message": "This model's maximum context length is 4096 tokens. However, your messages resulted in "
+                "9000 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+    ),
+    "context-llama": (
+        400,
+        {
+            "error": {
+                "code": 400,
+                "message": "request (9000 tokens) exceeds the available context size (2048 tokens), try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": 9000,
+                "n_ctx": 2048,
+            }
+        },
+    ),
+    "context-tgi": (
+        422,
+        {
+            "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
+            "Given: 9000 `inputs` tokens and 512 `max_new_tokens`",
+            "error_type": "validation",
+        },
+    ),
+}
+
+
 @dataclass
 class Received:
     method: str
@@ -37,8 +77,11 @@ class Received:
 
 
 class FakeUpstream:
-    """Modes: ok, slow (ok after ``delay``), 500, 429, 401, 400, hang, drop (stream breaks after its
-    first chunk), hold (stream sends one chunk, then waits), hf (text-generation answers)."""
+    """Modes: ok, slow (ok after ``delay``), 500, 429, 401, 403, 404 and 400-model (no such model), 400 and 422
+    (genuinely bad requests), hang, drop (stream breaks after its first chunk), hold (stream sends
+    one chunk, then waits), hf (text-generation answers), and the too-long answers of real servers
+    (see ``TOO_LONG``): context (OpenAI), context-llama (llama-server), context-tgi (TGI, 422),
+    context-event (a stream whose first event is OpenAI's error)."""
 
     def __init__(self, mode: str = "ok", *, name: str = "fake", retry_after: str | None = None) -> None:
         self.mode = mode
@@ -133,8 +176,23 @@ class FakeUpstream:
             # Some APIs echo the key they were given; the proxy must not pass it on.
             key = headers.get("authorization", "").removeprefix("Bearer ")
             writer.write(_response(401, _error(f"Incorrect API key provided: {key}", "authentication_error")))
+        elif mode == "403":
+            writer.write(_response(403, _error("This token may not call Inference Providers", "permission_error")))
+        elif mode == "404":
+            missing = _error("The model `gpt-nope` does not exist", "invalid_request_error")
+            missing["error"]["code"] = "model_not_found"
+            writer.write(_response(404, missing))
+        elif mode == "400-model":  # the HF router's answer for a model no enabled provider serves
+            message = "The requested model 'gpt-nope' is not supported by any provider you have enabled."
+            writer.write(_response(400, _error(message, "invalid_request_error")))
         elif mode == "400":
-            writer.write(_response(400, _error("messages: too long for this upstream", "invalid_request_error")))
+            writer.write(_response(400, _error(GENUINE_400, "invalid_request_error")))
+        elif mode == "422":
+            writer.write(_response(422, {"error": GENUINE_422, "error_type": "validation"}))
+        elif mode == "context-event":
+            await self._stream(writer, [TOO_LONG["context"][1]], done=True)
+        elif mode in TOO_LONG:
+            writer.write(_response(*TOO_LONG[mode]))
         elif mode == "hf":
             writer.write(_response(200, [{"generated_text": self.text}]))
         elif mode == "hang":

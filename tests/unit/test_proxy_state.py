@@ -83,6 +83,41 @@ def test_a_failed_trial_opens_the_circuit_again() -> None:
     assert solo.available_in() == pytest.approx(5)
 
 
+def test_a_misconfigured_upstream_cools_down_at_once_and_again_after_a_failed_trial() -> None:
+    clock = Clock()
+    solo = pool(clock, CooldownPolicy(failures=100, period=5)).states["solo"]
+    solo.acquire()
+    solo.record_failure("HTTP 401: the upstream refused the proxy's key", code="auth", cooldown="now")
+    solo.release()
+    assert solo.status() == "cooling"
+    assert solo.available_in() == pytest.approx(5)
+    assert solo.last_error == "HTTP 401: the upstream refused the proxy's key"
+    clock.now += 5
+    assert solo.status() == "half-open"
+    solo.acquire()
+    solo.record_failure("HTTP 401: the upstream refused the proxy's key", code="auth", cooldown="now")
+    solo.release()
+    assert solo.status() == "cooling" and solo.available_in() == pytest.approx(5)
+
+
+def test_a_request_too_long_for_an_upstream_leaves_its_circuit_alone() -> None:
+    clock = Clock()
+    solo = pool(clock).states["solo"]  # two failures open the circuit
+    for _ in range(3):
+        solo.acquire()
+        solo.record_failure("too long for its context", code="context_length", cooldown="none")
+        solo.release()
+    assert solo.status() == "healthy" and solo.last_error is None
+    assert solo.counters["failures"] == 3  # still counted, under its own reason in the metrics
+    fail_once(solo)
+    fail_once(solo)
+    clock.now += 5  # half-open: a too-long answer proves it answers again
+    solo.acquire()
+    solo.record_failure("too long for its context", code="context_length", cooldown="none")
+    solo.release()
+    assert solo.status() == "healthy"
+
+
 def test_a_trial_abandoned_by_its_client_lets_the_next_request_try() -> None:
     clock = Clock()
     solo = pool(clock).states["solo"]
