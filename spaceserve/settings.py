@@ -65,6 +65,8 @@ class RateLimitOverride(BaseModel):
 
 
 FINGERPRINT = re.compile(r"^[0-9a-f]{8}$")
+# A browser origin: scheme, host and optional port, no path (what the Origin header carries).
+ORIGIN = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
 
 
 class CommonSettings(BaseSettings):
@@ -89,6 +91,23 @@ class CommonSettings(BaseSettings):
     rate_limit_tpm: int = Field(default=0, ge=0)
     # JSON {"<key fingerprint or client address>": {"rpm": N, "tpm": N}}; fingerprints, never raw keys.
     rate_limit_overrides: Annotated[dict[str, RateLimitOverride], NoDecode] = Field(default_factory=dict)
+    # Origins whose pages may call the API from a browser (CORS); "*" for any. Empty: no CORS headers.
+    cors_allow_origins: CommaList = Field(default_factory=list)
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*" or ORIGIN.match(origin):
+                continue
+            base = re.match(r"^https?://[^/]+", origin)
+            if base and ORIGIN.match(base.group(0)):
+                raise ValueError(f"{origin!r} has a path; an origin is scheme, host and port only: {base.group(0)!r}")
+            raise ValueError(
+                f"{origin!r} is not an origin like https://owner-space.hf.space or http://localhost:3000, nor *"
+            )
+        # Browsers send the scheme and host in lower case.
+        return [origin.lower() for origin in origins]
 
     @field_validator("rate_limit_overrides", mode="before")
     @classmethod

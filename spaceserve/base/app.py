@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..settings import CommonSettings
 from .auth import KeyRing, presented_keys
 from .bodylimit import BodyLimitMiddleware
+from .cors import CORS
 from .errors import APIError, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware, metrics_router
 from .ratelimit import RateLimiter, RateLimitMiddleware
@@ -100,7 +101,7 @@ def configure_logging(settings: CommonSettings) -> None:
 def build_base_app(
     settings: CommonSettings, lifespan: Callable[[FastAPI], Any], title: str, *, gate: Gate | None = None
 ) -> FastAPI:
-    """What every mode shares: errors, body limit, access log, keys, rate limits, metrics.
+    """What every mode shares: errors, body limit, access log, keys, rate limits, metrics, CORS.
 
     A mode's /v1 router adds ``Depends(enforce_rate_limit)`` after its key check, and registers its
     own collectors on ``app.state.metrics``. ``gate`` refuses /v1 requests before their body is read
@@ -116,6 +117,9 @@ def build_base_app(
     app.add_middleware(GateMiddleware, keyring=app.state.keyring, gate=gate)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.ratelimiter)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_allow_origins:
+        # Outside the key check, rate limit and body limit: preflights pass, their refusals get headers.
+        app.add_middleware(CORS, origins=settings.cors_allow_origins)
     app.add_middleware(AccessLogMiddleware)
     app.include_router(metrics_router())
     return app

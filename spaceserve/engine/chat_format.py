@@ -8,6 +8,7 @@ none, and llama-cpp-python's Llama-2 fallback makes Gemma answer with nothing).
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,10 @@ GEMMA = """{{ bos_token }}
 <start_of_turn>model
 {% endif -%}"""
 
-# DeepSeek-Coder-Instruct's template, with its default system prompt when none is given.
+# DeepSeek-Coder-Instruct's template, with its default system prompt when none is given. The
+# generation prompt ends with a newline, as the model's own template renders it (a newline after
+# ``{{ ... }}`` survives trim_blocks); without it the model writes the newline itself and the reply
+# starts with it.
 DEEPSEEK_CODER_SYSTEM = (
     "You are an AI programming assistant, utilizing the Deepseek Coder model, developed by Deepseek Company, "
     "and you only answer questions related to computer science. For politically sensitive questions, security "
@@ -61,7 +65,7 @@ DEEPSEEK_CODER = """{%- set ns = namespace(found=false) -%}
 {{ '### Response:\n' + message['content'] + '\n<|EOT|>\n' }}
 {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt -%}{{ '### Response:' }}{%- endif -%}"""
+{%- if add_generation_prompt -%}{{ '### Response:\n' }}{%- endif -%}"""
 
 # TinyLlama-1.1B-Chat-v1.0 uses the Zephyr format.
 ZEPHYR = """{%- for message in messages -%}
@@ -75,6 +79,26 @@ CHATML = """{%- for message in messages -%}
 {{ '<|im_start|>' + role + '\n' + message['content'] + '<|im_end|>\n' }}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"""
+
+
+# Turn-end markers of the common chat formats. A template from the GGUF or CHAT_TEMPLATE_FILE that
+# writes one of them ends its turns with it, so the model does too: its token must end generation
+# even when the vocabulary does not flag it as end-of-generation.
+TURN_END_MARKERS = (
+    "<|EOT|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+)
+
+
+def end_markers_in(source: str) -> tuple[str, ...]:
+    """The known turn-end markers written literally in a template's source."""
+    return tuple(marker for marker in TURN_END_MARKERS if marker in source)
 
 
 @dataclass(frozen=True)
@@ -107,18 +131,24 @@ class ChatFormat:
     _template: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # The environment transformers renders chat templates in, so a model's own template gives
+        # the prompt it was trained on: trim/lstrip blocks, {% break %}/{% continue %}, and the
+        # raise_exception and strftime_now helpers.
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(self.source)
         except TemplateError as exc:
             raise SettingsError(f"chat template '{self.name}' does not compile: {exc}") from exc
 
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         return str(
             self._template.render(
                 messages=messages,
-                add_generation_prompt=True,
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
                 **dict(self.variables),
@@ -128,6 +158,10 @@ class ChatFormat:
 
 def _raise(message: str) -> None:
     raise ValueError(message)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.datetime.now().strftime(format)
 
 
 def resolve_chat_format(
@@ -142,7 +176,7 @@ def resolve_chat_format(
 
     def make(name: str, source: str, builtin: Builtin | None = None) -> ChatFormat:
         if builtin is None:
-            return ChatFormat(name, source, bos_token, eos_token)
+            return ChatFormat(name, source, bos_token, eos_token, end_markers_in(source))
         return ChatFormat(name, source, bos_token, eos_token, builtin.end_markers, builtin.variables)
 
     if template_file is not None:

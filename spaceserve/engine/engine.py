@@ -45,12 +45,25 @@ class Mailbox:
             queue.put_nowait(event)
 
 
+def end_tokens(model: LoadedModel, chat_format: ChatFormat) -> set[int]:
+    """Tokens that end a reply besides the vocabulary's end-of-generation ones: the template's
+    turn-end markers (when each is one token) and the vocabulary's end-of-turn token."""
+    tokens = {t for t in (model.single_token(m) for m in chat_format.end_markers) if t is not None}
+    if model.eot >= 0:
+        tokens.add(model.eot)
+    log.info(
+        "generation ends on %s (template %s) and the vocabulary's end-of-generation tokens",
+        ", ".join(sorted(model.token_text(t) for t in tokens)) or "no extra token",
+        chat_format.name,
+    )
+    return tokens
+
+
 class LlamaEngine:
     def __init__(self, model: LoadedModel, chat_format: ChatFormat, model_id: str, max_queue: int) -> None:
         self.model = model
         self.chat_format = chat_format
-        end_tokens = {t for t in (model.single_token(m) for m in chat_format.end_markers) if t is not None}
-        self.scheduler = Scheduler(model, max_queue=max_queue, end_tokens=end_tokens)
+        self.scheduler = Scheduler(model, max_queue=max_queue, end_tokens=end_tokens(model, chat_format))
         self.info = EngineInfo(
             model_id=model_id,
             context_size=model.shape.per_slot,

@@ -140,6 +140,7 @@ class LoadedModel:
         self.architecture = self.meta("general.architecture") or "unknown"
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.eot = llama_cpp.llama_vocab_eot(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,9 +62,43 @@ class Recorder:
         ]
 
 
+class BlankPage(BaseHTTPRequestHandler):
+    """Serves an empty page: the origin another site's script runs in."""
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><meta charset=utf-8><title>another site</title><p>another site"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Origins:
+    allowed: str
+    refused: str
+
+
 @pytest.fixture(scope="module")
-def keyed_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server(API_KEYS=KEY, PARALLEL_SLOTS="2", CONTEXT_SIZE="2048")
+def other_origins() -> Iterator[Origins]:
+    """Two sites on other origins (other ports): the server allows the first only."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), BlankPage) for _ in range(2)]
+    for http_server in servers:
+        threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    allowed, refused = (f"http://127.0.0.1:{http_server.server_address[1]}" for http_server in servers)
+    yield Origins(allowed, refused)
+    for http_server in servers:
+        http_server.shutdown()
+        http_server.server_close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(start_server: Callable[..., ServerProcess], other_origins: Origins) -> ServerProcess:
+    return start_server(API_KEYS=KEY, PARALLEL_SLOTS="2", CONTEXT_SIZE="2048", CORS_ALLOW_ORIGINS=other_origins.allowed)
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +381,90 @@ def test_on_the_proxy_the_page_shows_each_upstream_and_chats_through_it(
         assert recorder.external() == []
     finally:
         good.stop()
+
+
+# Another site's script: fetch() with a key in a header (so the browser sends a preflight), stream
+# the answer and read it chunk by chunk, as a browser app calling the Space directly does.
+CALL_FROM_THE_PAGE = """async ({url, headers, body}) => {
+    let response;
+    try {
+        response = await fetch(url, {method: 'POST', headers, body: JSON.stringify(body)});
+    } catch (error) {
+        return {failed: String(error)};
+    }
+    const result = {
+        status: response.status,
+        requestId: response.headers.get('X-Request-Id'),
+        chunks: 0,
+        text: '',
+        done: false,
+        error: null,
+    };
+    if (!response.ok) {
+        result.error = (await response.json()).error;
+        return result;
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+        const {done, value} = await reader.read();
+        if (done) break;
+        result.chunks += 1;
+        buffer += decoder.decode(value, {stream: true});
+    }
+    for (const line of buffer.split('\\n')) {
+        if (!line.startsWith('data: ')) continue;
+        const data = line.slice(6);
+        if (data === '[DONE]') { result.done = true; continue; }
+        result.text += JSON.parse(data).choices[0]?.delta?.content ?? '';
+    }
+    return result;
+}"""
+
+
+def call_from(page: Page, origin: str, server: ServerProcess, headers: dict[str, str]) -> dict[str, object]:
+    page.goto(origin + "/")
+    body = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": LONG_PROMPT}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "stream": True,
+    }
+    request = {"url": server.url + "/v1/chat/completions", "headers": headers, "body": body}
+    result: dict[str, object] = page.evaluate(CALL_FROM_THE_PAGE, request)
+    return result
+
+
+def test_a_page_on_another_origin_streams_an_answer_with_a_key(
+    page: Page, recorder: Recorder, keyed_server: ServerProcess, other_origins: Origins
+) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    result = call_from(page, other_origins.allowed, keyed_server, headers)
+    assert result["status"] == 200, result
+    assert result["done"] and str(result["text"]).strip(), result
+    assert int(str(result["chunks"])) >= 2, "the answer should arrive in pieces"
+    assert result["requestId"], "X-Request-Id should be readable (exposed) from another origin"
+    # The preflight went to the server and was answered without a key.
+    assert '"method":"OPTIONS","route":"/v1/chat/completions","status":200' in keyed_server.log()
+    assert recorder.console_errors == []
+
+
+def test_a_refused_key_is_readable_from_another_origin(
+    page: Page, keyed_server: ServerProcess, other_origins: Origins
+) -> None:
+    headers = {"Content-Type": "application/json", "X-API-Key": "not-the-key"}
+    result = call_from(page, other_origins.allowed, keyed_server, headers)
+    assert result["status"] == 401, result
+    error = result["error"]
+    assert isinstance(error, dict) and error["code"] == "invalid_api_key"
+
+
+def test_a_page_on_an_origin_not_allowed_is_blocked(
+    page: Page, recorder: Recorder, keyed_server: ServerProcess, other_origins: Origins
+) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    result = call_from(page, other_origins.refused, keyed_server, headers)
+    assert "failed" in result and "Failed to fetch" in str(result["failed"]), result
+    assert any("CORS" in message for message in recorder.console_errors), recorder.console_errors

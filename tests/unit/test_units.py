@@ -73,9 +73,9 @@ def test_gemma_keeps_a_lone_system_message() -> None:
 def test_deepseek_coder_format_and_default_system() -> None:
     text = chat("deepseek-coder").render([{"role": "user", "content": "Write a div"}])
     assert text.startswith("<s>You are an AI programming assistant")
-    assert text.endswith("### Instruction:\nWrite a div\n### Response:")
+    assert text.endswith("### Instruction:\nWrite a div\n### Response:\n")
     custom = chat("deepseek-coder").render([{"role": "system", "content": "SYS"}, {"role": "user", "content": "Q"}])
-    assert custom == "<s>SYS### Instruction:\nQ\n### Response:"
+    assert custom == "<s>SYS### Instruction:\nQ\n### Response:\n"
 
 
 def test_zephyr_format_for_tinyllama() -> None:
