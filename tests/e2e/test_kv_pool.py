@@ -96,3 +96,17 @@ def test_a_pool_smaller_than_one_request_is_refused(start_server: Any) -> None:
     server: ServerProcess = start_server(wait="listening", CONTEXT_SIZE="1024", KV_CACHE_TOKENS="512")
     reason = str(failed_health(server)["reason"])
     assert "KV_CACHE_TOKENS=512" in reason and "at least 1024" in reason
+
+
+def test_a_q8_0_kv_cache_serves_the_same_counting(start_server: Any) -> None:
+    """KV_CACHE_TYPE=q8_0 (with flash attention, which a quantised V needs) halves the cache."""
+    server: ServerProcess = start_server(
+        CONTEXT_SIZE=str(CONTEXT),
+        PARALLEL_SLOTS="2",
+        KV_CACHE_TOKENS=str(POOL),
+        KV_CACHE_TYPE="q8_0",
+        MODEL_ALIASES="*",
+    )
+    assert "q8_0" in httpx.get(server.url + "/health").json()["kv_cache"]
+    text = complete(server, counting(1), 12)["choices"][0]["text"]
+    assert "9, 10, 11" in text, text
