@@ -65,15 +65,25 @@ def usage(done: Finished) -> dict[str, Any]:
 
 
 class CompletionService:
-    def __init__(self, engine: Engine, *, accepted_models: set[str], request_timeout: float) -> None:
+    def __init__(
+        self, engine: Engine, *, accepted_models: set[str], request_timeout: float, max_messages: int = 1000
+    ) -> None:
         self.engine = engine
         self.accepted_models = accepted_models
         self.request_timeout = request_timeout
+        self.max_messages = max_messages
 
     # -- preparing -------------------------------------------------------------------------
 
     def prepare_chat(self, body: ChatCompletionRequest) -> Prepared:
+        """Check, render and tokenize; blocking (long for a long conversation), so routes run it in a thread."""
         self._check_model(body.model)
+        if len(body.messages) > self.max_messages:
+            raise InvalidRequest(
+                f"too many messages: {len(body.messages)}; this server takes at most {self.max_messages} "
+                "(MAX_MESSAGES)",
+                param="messages",
+            )
         messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
         try:
             prompt = self.engine.chat_prompt(messages)
