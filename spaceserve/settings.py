@@ -92,7 +92,7 @@ class CommonSettings(BaseSettings):
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=8)
     http_header_timeout: float = Field(default=10.0, gt=0)
-    http_body_timeout: float = Field(default=30.0, gt=0)
+    http_body_timeout: float = Field(default=60.0, gt=0)
     keep_alive_timeout: int = Field(default=5, ge=1)
     max_connections: int = Field(default=256, ge=4)
     # Token buckets per API key fingerprint (per client address when no keys are configured); 0 = off.

@@ -3,18 +3,22 @@ time a client may take to send its request head (docs/security.md).
 
 httptools buffers an unfinished header without bound, and nothing in uvicorn times out a connection
 that trickles its head (the keep-alive timer only runs between requests, and any byte stops it).
-Over ``MAX_CONNECTIONS`` uvicorn answers 503 (``limit_concurrency``); ``/health`` is exempt so that
-a container's health check still tells "busy" from "dead".
+Over ``MAX_CONNECTIONS`` (uvicorn's ``limit_concurrency``) requests get a 503; ``/health`` is exempt
+so that a container's health check still tells "busy" from "dead". Every refusal here is an OpenAI
+error body, as everywhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ..settings import CommonSettings
+from .errors import error_body
 
 EXEMPT_PATH = b"/health"
 
@@ -85,7 +89,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count += 1
         if self._header_count > self.max_headers:
             # Raising stops the parser; uvicorn then calls send_400_response, which says 431.
-            self._refusal = (431, "more header lines than MAX_HEADERS")
+            self._refusal = (431, "the request has more header lines than MAX_HEADERS")
             raise ValueError("too many headers")
         super().on_header(name, value)
 
@@ -93,9 +97,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._stop_head_timer()
-        exempt = self.url.partition(b"?")[0] == EXEMPT_PATH
-        self.limit_concurrency = None if exempt else self._connection_limit
-        super().on_headers_complete()
+        limit = self._connection_limit
+        busy = (
+            limit is not None
+            and self.url.partition(b"?")[0] != EXEMPT_PATH
+            and (len(self.connections) >= limit or len(self.tasks) >= limit)
+        )
+        self.limit_concurrency = None  # decided here, so that the refusal can be an OpenAI error
+        app = self.app
+        if busy:
+            self.app = too_busy
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -110,18 +125,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(status, reason)
 
     def _refuse(self, status: int, reason: str) -> None:
-        body = reason.encode("ascii")
+        code = "request_timeout" if status == 408 else "request_header_fields_too_large"
+        body = json.dumps(error_body(reason, "invalid_request_error", None, code)).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
             b"connection: close\r\n\r\n",
             body,
         ]
         self.transport.write(b"".join(head))
         self.transport.close()
+
+
+async def too_busy(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer over ``MAX_CONNECTIONS``; the connection closes after it."""
+    body = json.dumps(
+        error_body(
+            "the server has too many open connections (MAX_CONNECTIONS); retry shortly",
+            "service_unavailable",
+            None,
+            "too_many_connections",
+        )
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"retry-after", b"1"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def guarded_protocol(settings: CommonSettings) -> type[GuardedHttpToolsProtocol]:
