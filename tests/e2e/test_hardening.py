@@ -16,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from ..support.proxy import closed_port_url, start_proxy, upstream
 from ..support.servers import MODEL_ID, ServerProcess
 from .test_errors import assert_openai_error
 
@@ -253,3 +254,21 @@ def test_openapi_public_serves_the_schema_without_a_key(roomy: ServerProcess) ->
     assert schema.status_code == 200
     assert "/v1/completions" in schema.json()["paths"]
     assert httpx.get(roomy.url + "/v1/models", timeout=10).status_code == 401
+
+
+# -- the proxy shares the base app and the entry point -------------------------------------------
+
+
+def test_the_proxy_refuses_lone_surrogates_hides_its_schema_and_limits_heads(start_server: object) -> None:
+    proxy = start_proxy(
+        start_server, {"upstreams": [upstream("gone", closed_port_url())]}, API_KEYS=KEY, MAX_HEADERS="20"
+    )
+    headers = {**AUTH, "Content-Type": "application/json"}
+    raw = b'{"model": "\\ud800", "messages": [{"role": "user", "content": "Hi"}]}'
+    response = httpx.post(proxy.url + "/v1/chat/completions", content=raw, headers=headers, timeout=30)
+    assert assert_openai_error(response, 400)["param"] == "model"
+    assert_openai_error(httpx.get(proxy.url + "/openapi.json", timeout=10), 401)
+    assert httpx.get(proxy.url + "/openapi.json", headers=AUTH, timeout=10).status_code == 200
+    many = {f"X-H{i}": "v" for i in range(30)}
+    assert_openai_error(httpx.get(proxy.url + "/health", headers=many, timeout=10), 431)
+    proxy.stop()
