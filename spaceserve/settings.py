@@ -86,6 +86,17 @@ class CommonSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # GET /metrics needs an API key like /v1 unless this is true (for a scraper inside a private network).
     metrics_public: bool = False
+    # GET /openapi.json describes the deployment (routes, models, limits): a key unless this is true.
+    openapi_public: bool = False
+    # Connection limits (docs/security.md): the request line and headers together, the number of
+    # header lines, seconds to send them, seconds to send the body, idle keep-alive seconds, and
+    # connections at once (beyond it new requests but /health get 503).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    http_body_timeout: float = Field(default=60.0, gt=0)
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=256, ge=4)
     # Token buckets per API key fingerprint (per client address when no keys are configured); 0 = off.
     rate_limit_rpm: int = Field(default=0, ge=0)
     rate_limit_tpm: int = Field(default=0, ge=0)
@@ -185,6 +196,10 @@ class ModelSettings(CommonSettings):
     max_tokens_overflow: Literal["clamp", "error"] = "clamp"
     request_timeout: float = Field(default=600.0, gt=0)
     warmup: bool = True
+    # More messages than this are refused before the template is rendered (docs/security.md).
+    max_messages: int = Field(default=1000, ge=1)
+    # Text completions: read control-token texts (``<start_of_turn>``) in a prompt as control tokens.
+    parse_special_in_prompt: bool = False
 
     def threads(self) -> int:
         """Threads for llama.cpp: ``CPU_CORES`` (set by Spaces), else the cores this process may use."""

@@ -8,14 +8,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..settings import CommonSettings
 from .auth import KeyRing, presented_keys
 from .bodylimit import BodyLimitMiddleware
 from .cors import CORS
-from .errors import APIError, install_error_handlers
+from .errors import APIError, ClientGone, install_error_handlers
 from .metrics import Metrics, MetricsMiddleware, metrics_router
 from .ratelimit import RateLimiter, RateLimitMiddleware
 from .requestlog import AccessLogMiddleware, RequestRecord, get_record
@@ -23,13 +24,6 @@ from .requestlog import AccessLogMiddleware, RequestRecord, get_record
 T = TypeVar("T")
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
-
-
-class ClientGone(APIError):
-    # nginx's "client closed request"; nobody receives it, but the access log shows it.
-    status_code = 499
-    error_type = "client_closed_request"
-    default_code = "client_closed_request"
 
 
 def record_dep(request: Request) -> RequestRecord:
@@ -107,13 +101,14 @@ def build_base_app(
     own collectors on ``app.state.metrics``. ``gate`` refuses /v1 requests before their body is read
     (the model server: while the model loads or after it failed).
     """
-    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No docs pages; the schema only behind the key (it shows the routes, models and limits).
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.ratelimiter = RateLimiter.from_settings(settings)
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.http_body_timeout)
     app.add_middleware(GateMiddleware, keyring=app.state.keyring, gate=gate)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.ratelimiter)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
@@ -122,4 +117,23 @@ def build_base_app(
         app.add_middleware(CORS, origins=settings.cors_allow_origins)
     app.add_middleware(AccessLogMiddleware)
     app.include_router(metrics_router())
+    app.include_router(openapi_router())
     return app
+
+
+def require_openapi_access(request: Request) -> None:
+    if request.app.state.settings.openapi_public:
+        return
+    keyring: KeyRing = request.app.state.keyring
+    get_record(request.scope).key = keyring.check(presented_keys(request))
+
+
+def openapi_router() -> APIRouter:
+    """``GET /openapi.json`` with a key like /v1, or for anyone with ``OPENAPI_PUBLIC=true``."""
+    router = APIRouter()
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request, _: Annotated[None, Depends(require_openapi_access)]) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    return router

@@ -76,6 +76,19 @@ class MethodNotAllowed(APIError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(APIError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class ClientGone(APIError):
+    # nginx's "client closed request"; nobody receives it, but the access log shows it.
+    status_code = 499
+    error_type = "client_closed_request"
+    default_code = "client_closed_request"
+
+
 class PayloadTooLarge(APIError):
     status_code = 413
     error_type = "invalid_request_error"

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import InvalidRequest
+
 # Sampling defaults, declared once: the engine's SamplingParams takes them from here. top_k and min_p
 # are llama.cpp's fields (OpenAI has neither), with llama-server's defaults; the rest are OpenAI's.
 DEFAULT_TEMPERATURE = 1.0
@@ -21,6 +23,59 @@ DEFAULT_MIN_P = 0.05
 
 # Which OpenAI completion endpoint a request came to: /v1/chat/completions or /v1/completions.
 Endpoint = Literal["chat", "text"]
+
+
+def lone_surrogate_at(value: Any, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or key) holds a lone UTF-16 surrogate, else None.
+
+    JSON's ``"\\ud800"`` escape decodes to such a string, which is no Unicode text: it cannot be
+    encoded as UTF-8 for the tokenizer or for an error message that quotes it.
+    """
+    if isinstance(value, str):
+        return None if value.isascii() or _encodable(value) else path or "body"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{_shown(key)}" if path else _shown(key)
+            if not _encodable(str(key)):
+                return where
+            found = lone_surrogate_at(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = lone_surrogate_at(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(key: object) -> str:
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class UnicodeBody(BaseModel):
+    """A request body whose every string must be valid Unicode (the proxy's bodies too)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # Raised as the API error itself (pydantic passes it through) so that the 400 names the field.
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise InvalidRequest(
+                f"invalid value for '{where}': the text holds a lone UTF-16 surrogate (a \\ud800-\\udfff "
+                "escape without its pair), which is not valid Unicode",
+                param=where,
+            )
+        return data
 
 
 class StreamOptions(BaseModel):
@@ -52,7 +107,7 @@ class ChatMessage(BaseModel):
         return "".join(texts)
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(UnicodeBody):
     """Parameters shared by chat and text completions."""
 
     model_config = ConfigDict(extra="allow")

@@ -37,6 +37,8 @@ SCRUBBED = frozenset(
         "RATE_LIMIT_TPM",
         "RATE_LIMIT_OVERRIDES",
         "METRICS_PUBLIC",
+        "OPENAPI_PUBLIC",
+        "PARSE_SPECIAL_IN_PROMPT",
         "UPSTREAMS",
         "UPSTREAMS_FILE",
     }

@@ -9,6 +9,8 @@ none, and llama-cpp-python's Llama-2 fallback makes Gemma answer with nothing).
 from __future__ import annotations
 
 import datetime
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..settings import SettingsError
+
+log = logging.getLogger("spaceserve.engine.chat_format")
 
 # Gemma has no system role: the system text is folded into the first user turn
 # (as Google's own template does) rather than dropped.
@@ -120,6 +124,12 @@ BUILTINS: dict[str, Builtin] = {
 ARCHITECTURE_DEFAULTS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
 
+# Placeholders from Unicode's private use area: no template's markup holds them.
+MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"
+MARKER = re.compile(f"{MARK_OPEN}(\\d+){MARK_CLOSE}")
+Segment = tuple[str, bool]
+
+
 @dataclass
 class ChatFormat:
     name: str
@@ -129,6 +139,7 @@ class ChatFormat:
     end_markers: tuple[str, ...] = ()
     variables: tuple[tuple[str, str], ...] = ()
     _template: Any = field(default=None, repr=False)
+    _warned_unaligned: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         # The environment transformers renders chat templates in, so a model's own template gives
@@ -154,6 +165,52 @@ class ChatFormat:
                 **dict(self.variables),
             )
         )
+
+    def render_segments(self, messages: list[dict[str, str]]) -> list[Segment]:
+        """The rendered prompt as ``(text, from_a_message)`` pieces, in order.
+
+        Only the template's own text may hold control tokens (``<start_of_turn>``); a message's
+        content is text, whatever it says. The template is rendered twice: with each content
+        replaced by a placeholder (so every other piece is the template's markup) and as usual; the
+        contents are then found between the markup pieces of the real rendering, as they are or as
+        the template stripped them (Gemma trims). A template that changes contents in other ways
+        gets them unchanged between its markup (safe, though no longer byte-identical).
+        """
+        rendered = self.render(messages)
+        markers = [f"{MARK_OPEN}{i}{MARK_CLOSE}" for i in range(len(messages))]
+        skeleton = self.render([{**m, "content": markers[i]} for i, m in enumerate(messages)])
+        parts = MARKER.split(skeleton)
+        markup, order = parts[0::2], [int(i) for i in parts[1::2]]
+        contents = [m["content"] for m in messages]
+        aligned = _align(rendered, markup, [contents[i] for i in order])
+        if aligned is not None:
+            return aligned
+        if not self._warned_unaligned:
+            self._warned_unaligned = True
+            log.warning("chat template %s changes message contents; they are placed unchanged", self.name)
+        segments: list[Segment] = [(markup[0], False)]
+        for text, index in zip(markup[1:], order, strict=True):
+            segments += [(contents[index], True), (text, False)]
+        return segments
+
+
+def _align(rendered: str, markup: list[str], contents: list[str]) -> list[Segment] | None:
+    """``rendered`` cut into ``markup[0], contents[0], markup[1], ...``, each content as given or
+    stripped; None when it does not cut so."""
+    if not rendered.startswith(markup[0]):
+        return None
+    segments: list[Segment] = [(markup[0], False)]
+    pos = len(markup[0])
+    for content, after in zip(contents, markup[1:], strict=True):
+        for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
+            end = pos + len(candidate)
+            if rendered.startswith(candidate, pos) and rendered.startswith(after, end):
+                segments += [(candidate, True), (after, False)]
+                pos = end + len(after)
+                break
+        else:
+            return None
+    return segments if pos == len(rendered) else None
 
 
 def _raise(message: str) -> None:

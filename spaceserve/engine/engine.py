@@ -60,9 +60,18 @@ def end_tokens(model: LoadedModel, chat_format: ChatFormat) -> set[int]:
 
 
 class LlamaEngine:
-    def __init__(self, model: LoadedModel, chat_format: ChatFormat, model_id: str, max_queue: int) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        chat_format: ChatFormat,
+        model_id: str,
+        max_queue: int,
+        *,
+        parse_special_in_prompt: bool = False,
+    ) -> None:
         self.model = model
         self.chat_format = chat_format
+        self.parse_special_in_prompt = parse_special_in_prompt
         self.scheduler = Scheduler(model, max_queue=max_queue, end_tokens=end_tokens(model, chat_format))
         self.info = EngineInfo(
             model_id=model_id,
@@ -110,7 +119,9 @@ class LlamaEngine:
         except Exception:
             model.close()
             raise
-        return cls(model, chat_format, model_id, settings.max_queue)
+        return cls(
+            model, chat_format, model_id, settings.max_queue, parse_special_in_prompt=settings.parse_special_in_prompt
+        )
 
     @property
     def active(self) -> int:
@@ -121,10 +132,11 @@ class LlamaEngine:
         return self.scheduler.queued
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.model.tokenize(self.chat_format.render(messages))
+        """Control tokens come from the template's markup only, never from what a message says."""
+        return self.model.tokenize_segments(self.chat_format.render_segments(messages))
 
     def text_prompt(self, prompt: str) -> list[int]:
-        return self.model.tokenize(prompt)
+        return self.model.tokenize(prompt, parse_special=self.parse_special_in_prompt)
 
     def start(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         """Queue ``request`` now (raising at once when the queue is full) and return its events.

@@ -26,6 +26,12 @@ KV_TYPES: dict[str, tuple[int, float]] = {  # ggml type, bytes per element
 }
 # Memory beyond the weights and the KV cache: llama.cpp's compute buffers, Python, the web server.
 OVERHEAD_BYTES = 1 << 30
+# llama.cpp's token attributes: the texts it reads as tokens only when asked to parse special
+# tokens (user-defined ones, such as Gemma's whitespace runs, it matches in any text), and the two
+# that swallow whitespace beside the token.
+SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+LSTRIP = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP
+RSTRIP = llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ class LoadedModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._specials = self._special_tokens()
+        self._partitions: dict[str, tuple[int | str, ...]] = {}
 
     def _kv_bytes_per_token(self, kv_type: KVType) -> int:
         """K and V bytes one token takes in every layer, from the GGUF's attention shape."""
@@ -203,6 +211,84 @@ class LoadedModel:
 
     def tokenize(self, text: str, *, parse_special: bool = True) -> list[int]:
         """Tokens of ``text`` with BOS in front when the model wants one (and it is not there yet)."""
+        return self._with_bos(self._tokenize(text, parse_special))
+
+    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """Tokens of the joined ``(text, is_content)`` segments, control tokens only from the others.
+
+        What llama.cpp does for the joined text with special-token parsing: cut it at every control
+        token's text, tokenize each stretch of text between them on its own. Here only the markup
+        is searched for control tokens, so the stretches (markup text around a content, the content
+        itself) are the same as before for any content that holds no control-token text.
+        """
+        fragments: list[int | str] = []
+        stretch: list[str] = []
+        strip_next = False  # the last control token swallows the whitespace after it (RSTRIP)
+        for text, is_content in segments:
+            for part in (text,) if is_content else self._partition(text):
+                if isinstance(part, str):
+                    if strip_next:
+                        part = part.lstrip()
+                        strip_next = not part
+                    stretch.append(part)
+                    continue
+                joined = "".join(stretch)
+                if self._specials[part][1] & LSTRIP:  # ... or the whitespace before it
+                    joined = joined.rstrip()
+                if joined:
+                    fragments.append(joined)
+                stretch.clear()
+                fragments.append(part)
+                strip_next = bool(self._specials[part][1] & RSTRIP)
+        if "".join(stretch):
+            fragments.append("".join(stretch))
+        tokens: list[int] = []
+        for fragment in fragments:
+            if isinstance(fragment, int):
+                tokens.append(fragment)
+            else:
+                tokens.extend(self._tokenize(fragment, parse_special=False))
+        return self._with_bos(tokens)
+
+    def _partition(self, markup: str) -> tuple[int | str, ...]:
+        """``markup`` cut at control-token texts as llama.cpp cuts it: longest token text first."""
+        cached = self._partitions.get(markup)
+        if cached is not None:
+            return cached
+        parts: list[int | str] = [markup]
+        for token, (text, _attr) in self._specials.items():
+            if text not in markup:
+                continue
+            cut: list[int | str] = []
+            for part in parts:
+                if isinstance(part, int) or text not in part:
+                    cut.append(part)
+                    continue
+                for k, piece in enumerate(part.split(text)):
+                    if k:
+                        cut.append(token)
+                    if piece:
+                        cut.append(piece)
+            parts = cut
+        result = tuple(parts)
+        if len(self._partitions) < 4096:  # a template has a handful of distinct markup pieces
+            self._partitions[markup] = result
+        return result
+
+    def _special_tokens(self) -> dict[int, tuple[str, int]]:
+        """Token id -> (text, attributes) of the control tokens, longest text first (llama.cpp's order)."""
+        found = []
+        for token in range(self.n_vocab):
+            attr = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
+            if attr & SPECIAL:
+                raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+                text = raw.decode("utf-8", errors="replace") if raw else ""
+                if text:
+                    found.append((len(raw), token, text, attr))
+        found.sort(key=lambda item: -item[0])  # stable: equal lengths keep id order
+        return {token: (text, attr) for _, token, text, attr in found}
+
+    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
@@ -211,7 +297,9 @@ class LoadedModel:
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, parse_special)
-        tokens = list(buf[:n])
+        return list(buf[:n])
+
+    def _with_bos(self, tokens: list[int]) -> list[int]:
         if self.add_bos and (not tokens or tokens[0] != self.bos):
             tokens.insert(0, self.bos)
         return tokens

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,7 @@ def service_dep(request: Request, runtime: RuntimeDep) -> CompletionService:
         accepted_models={engine.info.model_id, *settings.model_aliases},
         request_timeout=settings.request_timeout,
         clamp_max_tokens=settings.max_tokens_overflow == "clamp",
+        max_messages=settings.max_messages,
     )
 
 
@@ -124,12 +126,16 @@ async def models(request: Request) -> ModelList:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, service: ServiceDep, record: RecordDep
 ) -> Any:
-    return await respond(request, service, service.prepare_chat(body), record, stream=body.stream)
+    # Rendering and tokenizing a large request takes a while: off the event loop, so that /health
+    # and every running stream keep their pace (ctypes releases the GIL while llama.cpp tokenizes).
+    prepared = await asyncio.to_thread(service.prepare_chat, body)
+    return await respond(request, service, prepared, record, stream=body.stream)
 
 
 @api.post("/completions")
 async def completions(body: CompletionRequest, request: Request, service: ServiceDep, record: RecordDep) -> Any:
-    return await respond(request, service, service.prepare_text(body), record, stream=body.stream)
+    prepared = await asyncio.to_thread(service.prepare_text, body)
+    return await respond(request, service, prepared, record, stream=body.stream)
 
 
 # -- the app --------------------------------------------------------------------------------

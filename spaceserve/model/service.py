@@ -69,17 +69,31 @@ ANY_MODEL = "*"  # in MODEL_ALIASES: answer whatever name the client sends
 
 class CompletionService:
     def __init__(
-        self, engine: Engine, *, accepted_models: set[str], request_timeout: float, clamp_max_tokens: bool = True
+        self,
+        engine: Engine,
+        *,
+        accepted_models: set[str],
+        request_timeout: float,
+        clamp_max_tokens: bool = True,
+        max_messages: int = 1000,
     ) -> None:
         self.engine = engine
         self.accepted_models = accepted_models
         self.request_timeout = request_timeout
         self.clamp_max_tokens = clamp_max_tokens
+        self.max_messages = max_messages
 
     # -- preparing -------------------------------------------------------------------------
 
     def prepare_chat(self, body: ChatCompletionRequest) -> Prepared:
+        """Check, render and tokenize; blocking (long for a long conversation), so routes run it in a thread."""
         self._check_model(body.model)
+        if len(body.messages) > self.max_messages:
+            raise InvalidRequest(
+                f"too many messages: {len(body.messages)}; this server takes at most {self.max_messages} "
+                "(MAX_MESSAGES)",
+                param="messages",
+            )
         messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
         try:
             prompt = self.engine.chat_prompt(messages)

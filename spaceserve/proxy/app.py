@@ -16,13 +16,13 @@ import anyio
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from ..base.app import RecordDep, build_base_app, require_key, until_disconnected
 from ..base.ratelimit import enforce_rate_limit
 from ..base.requestlog import RequestRecord
-from ..base.schemas import Endpoint, ModelCard, ModelList
+from ..base.schemas import Endpoint, ModelCard, ModelList, UnicodeBody
 from ..base.sse import HEADERS as SSE_HEADERS
 from ..settings import ProxySettings
 from ..web import include_front_page
@@ -34,7 +34,7 @@ from .state import CooldownPolicy, UpstreamPool
 log = logging.getLogger("spaceserve.proxy")
 
 
-class ProxyChatRequest(BaseModel):
+class ProxyChatRequest(UnicodeBody):
     """Only what the proxy must read; every other field goes upstream untouched."""
 
     model_config = ConfigDict(extra="allow")
@@ -43,7 +43,7 @@ class ProxyChatRequest(BaseModel):
     stream: bool = False
 
 
-class ProxyCompletionRequest(BaseModel):
+class ProxyCompletionRequest(UnicodeBody):
     model_config = ConfigDict(extra="allow")
     model: str
     prompt: Any
