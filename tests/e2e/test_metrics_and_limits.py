@@ -155,6 +155,12 @@ def test_queue_rejections_and_client_disconnects_are_counted(ops: ServerProcess)
     )
     previous = metric(before, "spaceserve_client_disconnects_total")
     assert wait_for(ops, "spaceserve_client_disconnects_total", previous + 1) == previous + 1
+    # The slot is freed at the next decode step; the next test needs it (one slot, no queue).
+    for _ in range(600):
+        if httpx.get(ops.url + "/health").json()["active"] == 0:
+            break
+        time.sleep(0.1)
+    assert httpx.get(ops.url + "/health").json()["active"] == 0
 
 
 def test_limited_key_is_cut_off_at_its_limit_while_another_key_is_not(ops: ServerProcess) -> None:
