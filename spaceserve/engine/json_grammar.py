@@ -67,6 +67,7 @@ FORMATS = {
 FORMATS["date-time"] = f'{FORMATS["date"]} "T" {FORMATS["time"]}'
 MAX_REPEAT = 4096  # largest minLength/maxLength/minItems/maxItems turned into a bounded repetition
 MAX_ENUMERATED_INTEGERS = 256
+MAX_DEPTH = 64  # nested schemas; deeper ones are refused rather than overflowing Python's stack
 
 
 class UnsupportedSchema(ValueError):
@@ -110,6 +111,7 @@ class GrammarBuilder:
         self.rules: dict[str, str] = {}
         self._by_body: dict[str, str] = {}
         self._refs: dict[str, str] = {}
+        self._depth = 0
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -140,6 +142,15 @@ class GrammarBuilder:
 
     def visit(self, schema: Any, path: str) -> str:
         """An expression (a rule name or a literal) matching the instances of ``schema``."""
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise UnsupportedSchema(f"'{path}' is nested more than {MAX_DEPTH} levels deep")
+            return self._visit(schema, path)
+        finally:
+            self._depth -= 1
+
+    def _visit(self, schema: Any, path: str) -> str:
         if schema is True or schema == {}:
             return self.primitive("value")
         if schema is False:
@@ -225,7 +236,8 @@ class GrammarBuilder:
             target: Any = self.root_schema
             hint = "root-ref"
         elif match:
-            target = self.root_schema.get(match.group(1), {}).get(match.group(2))
+            defs = self.root_schema.get(match.group(1))
+            target = defs.get(match.group(2)) if isinstance(defs, dict) else None
             if target is None:
                 raise UnsupportedSchema(f"'{path}.$ref' points at '{ref}', which the schema does not define")
             hint = match.group(2)
@@ -259,6 +271,8 @@ class GrammarBuilder:
         if not isinstance(props, dict):
             raise UnsupportedSchema(f"'{path}.properties' must be an object")
         required = schema.get("required") or []
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise UnsupportedSchema(f"'{path}.required' must be a list of property names")
         missing = [r for r in required if r not in props]
         if missing:
             raise UnsupportedSchema(f"'{path}.required' names '{missing[0]}', which is not among its properties")

@@ -5,7 +5,8 @@ Without a grammar one chain does everything inside ``llama_sampler_sample``. Wit
 than a whole decode step, and the step is shared by every stream in the batch. So the grammar
 first sees only the best-ranked candidates; the whole vocabulary is checked only when those
 leave too few (none for greedy decoding, fewer than ``top_k`` otherwise, unless the rest is far
-too unlikely to be sampled). The token drawn is then the one the grammar-first chain would draw.
+too unlikely to be sampled: under ``min_p`` of the best allowed token's odds, or e^-12). The token
+drawn is then the one the grammar-first chain would draw.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32
 
 class GrammarError(ValueError):
     """llama.cpp could not parse a grammar (a bug in the schema translation)."""
+
+
+def grammar_parses(grammar: str) -> bool:
+    """Whether llama.cpp accepts ``grammar`` (it refuses, e.g., a rule that can recurse on itself
+    before reading a character)."""
+    sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
 
 
 def _chain(samplers: list[llama_cpp.llama_sampler_p]) -> llama_cpp.llama_sampler_p:
@@ -109,6 +120,7 @@ class Sampler:
         self._grammar = grammar
         self._data = np.zeros(n_vocab, dtype=TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
+        self.full_checks = 0  # steps that needed the whole vocabulary (for tests and measurements)
         self._array = llama_cpp.llama_token_data_array(
             self._data.ctypes.data_as(llama_cpp.llama_token_data_p), n_vocab, -1, False
         )
@@ -145,6 +157,7 @@ class Sampler:
             array.size = len(allowed)
             array.sorted = True
         else:
+            self.full_checks += 1
             self._fill(logits)
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
@@ -159,7 +172,11 @@ class Sampler:
             return True  # the shortlist was everything left
         if params.top_k > 0 and allowed >= params.top_k:
             return True  # top_k keeps exactly these
-        return best - frontier >= NEGLIGIBLE_GAP
+        gap = NEGLIGIBLE_GAP
+        if params.min_p > 0.0 and params.top_p >= 1.0:
+            # min_p drops every token whose odds are under min_p of the best allowed one's.
+            gap = min(gap, -math.log(params.min_p))
+        return best - frontier >= gap
 
     def close(self) -> None:
         for name in ("_chain", "_pre", "_shortlist", "_grammar"):

@@ -40,9 +40,19 @@ def response_grammar(body: ChatCompletionRequest) -> str | None:
         return json_object_grammar()
     assert fmt.json_schema is not None
     try:
-        return schema_grammar(fmt.json_schema.json_schema)
+        grammar = schema_grammar(fmt.json_schema.json_schema)
     except UnsupportedSchema as exc:
         raise InvalidRequest(f"response_format: {exc}", param="response_format") from exc
+    # Imported here: unit tests drive this module with a fake engine and without llama.cpp.
+    from ..engine.sampling import grammar_parses
+
+    if not grammar_parses(grammar):
+        raise InvalidRequest(
+            "response_format: the schema cannot be enforced (a reference that loops back on itself "
+            "before any character, for instance)",
+            param="response_format",
+        )
+    return grammar
 
 
 def _token_text(token: bytes) -> str:

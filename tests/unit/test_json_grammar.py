@@ -108,3 +108,25 @@ def test_enum_values_are_json_literals() -> None:
     grammar = schema_grammar({"enum": ['say "hi"', 3, None, True]})
     assert r'"\"say \\\"hi\\\"\""' in grammar
     assert '"3"' in grammar and '"null"' in grammar and '"true"' in grammar
+
+
+def test_a_reference_loop_without_characters_does_not_parse() -> None:
+    # The service turns this into a 400 (tests/e2e/test_structured_output.py).
+    grammar = schema_grammar(
+        {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]}}, "$ref": "#/$defs/A"}
+    )
+    assert not parses(grammar)
+
+
+def test_deep_nesting_is_refused() -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(100):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(UnsupportedSchema, match="nested"):
+        schema_grammar(schema)
+
+
+def test_malformed_keywords_are_refused_not_crashed() -> None:
+    for schema in ({"type": "object", "properties": {"a": {}}, "required": 5}, {"$defs": [1], "$ref": "#/$defs/A"}):
+        with pytest.raises(UnsupportedSchema):
+            schema_grammar(schema)
