@@ -5,8 +5,9 @@ Without a grammar one chain does everything inside ``llama_sampler_sample``. Wit
 than a whole decode step, and the step is shared by every stream in the batch. So the grammar
 first sees only the best-ranked candidates; the whole vocabulary is checked only when those
 leave too few (none for greedy decoding, fewer than ``top_k`` otherwise, unless the rest is far
-too unlikely to be sampled: under ``min_p`` of the best allowed token's odds, or e^-12). The token
-drawn is then the one the grammar-first chain would draw.
+too unlikely to be sampled: under ``min_p`` of the best allowed token's odds, or e^-12). Tokens are
+then drawn from the distribution the grammar-first chain would give (exactly with ``top_k`` or
+``min_p``; up to tokens under e^-12 of the best one's odds otherwise).
 """
 
 from __future__ import annotations
