@@ -133,3 +133,19 @@ def test_out_of_range_values_are_400(server: ServerProcess, path: str, extra: di
     response = httpx.post(server.url + path, json=body, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_tokens_have_no_logprobs(server: ServerProcess, stream: bool) -> None:
+    body = {"model": MODEL_ID, "prompt": COUNTING, "max_tokens": 12, "temperature": 0, "logprobs": 1, "stop": "9, 1"}
+    if stream:
+        chunks = [c["choices"][0] for c in stream_chunks(server, "/v1/completions", body)]
+        text = "".join(c["text"] for c in chunks)
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    else:
+        response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        choice = response.json()["choices"][0]
+        text, tokens = choice["text"], choice["logprobs"]["tokens"]
+    # The model goes on " 9, 10, ..." (tokens " ", "9", ",", " ", "1", ...): only the first token shows.
+    assert text == " "
+    assert tokens == [" "]
