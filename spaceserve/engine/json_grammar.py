@@ -341,7 +341,7 @@ class GrammarBuilder:
         if sum(x is not None for x in (fmt, pattern)) + (low is not None or high is not None) > 1:
             raise UnsupportedSchema(f"'{path}' combines format, pattern and length limits; use one of them")
         if fmt is not None:
-            if fmt not in FORMATS:
+            if not isinstance(fmt, str) or fmt not in FORMATS:
                 raise UnsupportedSchema(f"'{path}.format' is '{fmt}'; supported: {', '.join(sorted(FORMATS))}")
             return self.rule(f"{path}-{fmt}", f'"\\"" {FORMATS[fmt]} "\\""')
         if pattern is not None:
@@ -591,7 +591,7 @@ def _subtract(low: int, high: int) -> list[tuple[int, int]]:
 def _class_point(code: int) -> str:
     ch = chr(code)
     if ch in ']\\^-"' or code < 0x20 or code == 0x7F:
-        return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
+        return f"\\x{code:02X}"
     return ch
 
 
@@ -604,9 +604,17 @@ def schema_grammar(schema: Any) -> str:
     if not isinstance(schema, dict):
         raise UnsupportedSchema("the schema must be a JSON object")
     builder = GrammarBuilder(schema)
-    root = builder.visit(schema, "schema")
+    try:
+        root = builder.visit(schema, "schema")
+    except (TypeError, OverflowError, RecursionError) as exc:  # odd values the checks above missed
+        raise UnsupportedSchema(f"the schema could not be translated ({type(exc).__name__}: {exc})") from exc
     builder.rules = {"root": root, **builder.rules}
-    return builder.grammar()
+    grammar = builder.grammar()
+    try:
+        grammar.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsupportedSchema("the schema holds text that is not valid Unicode (a lone surrogate)") from exc
+    return grammar
 
 
 def json_object_grammar() -> str:

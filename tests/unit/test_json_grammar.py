@@ -130,3 +130,17 @@ def test_malformed_keywords_are_refused_not_crashed() -> None:
     for schema in ({"type": "object", "properties": {"a": {}}, "required": 5}, {"$defs": [1], "$ref": "#/$defs/A"}):
         with pytest.raises(UnsupportedSchema):
             schema_grammar(schema)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "format": ["date"]},
+        {"type": "integer", "minimum": float("inf")},
+        {"enum": ["\ud800"]},
+        {"type": "object", "properties": {"\ud800": {}}},
+    ],
+)
+def test_odd_values_are_refused_not_crashed(schema: dict[str, Any]) -> None:
+    with pytest.raises(UnsupportedSchema):
+        schema_grammar(schema)
