@@ -1,7 +1,7 @@
 """OpenAI wire models: requests as clients send them, responses and stream chunks as they expect.
 
 Unknown request fields are accepted and ignored (clients send ``user``, ``metadata`` and the
-like); fields whose meaning we cannot honour (``n`` > 1, ``tools``, ``logprobs``) are refused
+like); fields whose meaning we cannot honour (``n`` > 1, ``tools``, ``echo``) are refused
 with a 400 rather than silently ignored.
 """
 
@@ -126,7 +126,8 @@ class SamplingFields(UnicodeBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    logprobs: bool | int | None = None
+    # Token id (as a string, as OpenAI's) -> bias added to its logit; -100 bans it, 100 all but forces it.
+    logit_bias: dict[str, float] | None = None
     # Per-request deadline in seconds, capped by the server's REQUEST_TIMEOUT.
     timeout: float | None = Field(default=None, gt=0)
 
@@ -147,12 +148,24 @@ class SamplingFields(UnicodeBody):
                 raise ValueError("stop sequences must not be empty")
         return value
 
-    @field_validator("logprobs")
+    @field_validator("logit_bias")
     @classmethod
-    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
-        if value:
-            raise ValueError("logprobs are not supported by this server")
+    def _bias_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers as strings), not '{key}'")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases must be between -100 and 100; token {key} has {bias}")
+        if value and len(value) > 1024:
+            raise ValueError("at most 1024 token biases are supported")
         return value
+
+    def token_biases(self) -> dict[int, float]:
+        return {int(key): bias for key, bias in (self.logit_bias or {}).items()}
+
+    def logprobs_wanted(self) -> int | None:
+        """None when no logprobs were asked for, else how many alternatives each token shows."""
+        raise NotImplementedError
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -164,11 +177,35 @@ class SamplingFields(UnicodeBody):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema", default_factory=dict)
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text`` (free), ``json_object`` (any JSON object) or ``json_schema`` (an instance of the schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object with 'name' and 'schema'")
+        return self
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("tools")
     @classmethod
@@ -177,18 +214,16 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tool calling is not supported by this server")
         return value
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value and value.get("type", "text") != "text":
-            raise ValueError("only response_format type 'text' is supported")
-        return value
-
     @model_validator(mode="after")
     def _message_texts(self) -> ChatCompletionRequest:
         for message in self.messages:
             message.text()  # raises for unsupported content parts
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
         return self
+
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -199,6 +234,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @field_validator("prompt")
     @classmethod
@@ -223,6 +259,9 @@ class CompletionRequest(SamplingFields):
         if self.best_of not in (None, 1):
             raise ValueError("only best_of=1 is supported")
         return self
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     def token_limit(self) -> int | None:
         # The legacy completions API defaults to 16 tokens, as OpenAI's does.

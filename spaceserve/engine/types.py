@@ -27,6 +27,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    grammar: str | None = None  # GBNF whose rule "root" the reply must match (response_format)
 
     @property
     def penalized(self) -> bool:
@@ -44,9 +46,20 @@ class EngineInfo:
     kv_cache: str = ""  # how the KV cache is laid out, for /health
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and its log-probability under the model (raw logits, log-softmax)."""
+
+    token: bytes
+    logprob: float
+    top: list[tuple[bytes, float]]  # the best alternatives, best first (empty unless asked for)
+
+
 @dataclass
 class TextDelta:
     text: str
+    # The tokens this text came from, only when the request asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -76,6 +89,8 @@ class GenerationRequest:
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
+    # None: no logprobs; n >= 0: each token's logprob and its n best alternatives.
+    logprobs: int | None = None
     deadline: float = float("inf")  # time.monotonic() value
     emit: Callable[[Event], None] = lambda _event: None
     enqueued_at: float = field(default_factory=time.monotonic)

@@ -6,6 +6,7 @@ with a fake engine.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -16,7 +17,8 @@ from ..base.errors import ContextLengthExceeded, InternalError, InvalidRequest, 
 from ..base.requestlog import RequestRecord
 from ..base.schemas import ChatCompletionRequest, CompletionRequest, Endpoint, SamplingFields
 from ..base.sse import DONE, sse
-from ..engine.types import Engine, Event, Failed, Finished, GenerationRequest, SamplingParams, TextDelta
+from ..engine.json_grammar import UnsupportedSchema, json_object_grammar, schema_grammar
+from ..engine.types import Engine, Event, Failed, Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
 
 
 @dataclass
@@ -27,6 +29,65 @@ class Prepared:
     include_usage: bool
     id: str
     created: int
+
+
+def response_grammar(body: ChatCompletionRequest) -> str | None:
+    """The GBNF that ``response_format`` asks for; an unsupported schema is a 400 naming the construct."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_object_grammar()
+    assert fmt.json_schema is not None
+    try:
+        grammar = schema_grammar(fmt.json_schema.json_schema)
+    except UnsupportedSchema as exc:
+        raise InvalidRequest(f"response_format: {exc}", param="response_format") from exc
+    # Imported here: unit tests drive this module with a fake engine and without llama.cpp.
+    from ..engine.sampling import grammar_parses
+
+    if not grammar_parses(grammar):
+        raise InvalidRequest(
+            "response_format: the schema cannot be enforced (a reference that loops back on itself "
+            "before any character, for instance)",
+            param="response_format",
+        )
+    return grammar
+
+
+def _token_text(token: bytes) -> str:
+    return token.decode("utf-8", errors="replace")
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs`` of a chat completion (or of one stream chunk)."""
+    return {
+        "content": [
+            {
+                "token": _token_text(e.token),
+                "logprob": e.logprob,
+                "bytes": list(e.token),
+                "top_logprobs": [{"token": _token_text(t), "logprob": v, "bytes": list(t)} for t, v in e.top],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def text_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions' ``logprobs``; ``offset`` is where the first token's text starts
+    (in characters of the completion)."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(_token_text(e.token))
+    return {
+        "tokens": [_token_text(e.token) for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{_token_text(t): v for t, v in e.top} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def timings(done: Finished) -> dict[str, float | int]:
@@ -99,7 +160,7 @@ class CompletionService:
             prompt = self.engine.chat_prompt(messages)
         except ValueError as exc:  # raise_exception() in a chat template
             raise InvalidRequest(str(exc), param="messages") from exc
-        return self._prepare("chat", body, prompt, body.token_limit(), "messages")
+        return self._prepare("chat", body, prompt, body.token_limit(), "messages", response_grammar(body))
 
     def prepare_text(self, body: CompletionRequest) -> Prepared:
         self._check_model(body.model)
@@ -121,7 +182,13 @@ class CompletionService:
             raise ModelNotFound(f"the model '{name}' does not exist here; this server serves '{served}'", param="model")
 
     def _prepare(
-        self, endpoint: Endpoint, body: SamplingFields, prompt: list[int], limit: int | None, param: str
+        self,
+        endpoint: Endpoint,
+        body: SamplingFields,
+        prompt: list[int],
+        limit: int | None,
+        param: str,
+        grammar: str | None = None,
     ) -> Prepared:
         context = self.engine.info.context_size
         if len(prompt) >= context:
@@ -138,6 +205,10 @@ class CompletionService:
                 "shorten the prompt",
                 param="max_tokens",
             )
+        biases = body.token_biases()
+        vocab = self.engine.info.n_vocab
+        if any(not 0 <= token < vocab for token in biases):
+            raise InvalidRequest(f"logit_bias token ids must be between 0 and {vocab - 1}", param="logit_bias")
         timeout = min(body.timeout or self.request_timeout, self.request_timeout)
         request = GenerationRequest(
             prompt=prompt,
@@ -151,8 +222,12 @@ class CompletionService:
                 frequency_penalty=body.frequency_penalty,
                 repeat_penalty=body.repeat_penalty,
                 seed=body.seed,
+                # -100 bans a token outright, as OpenAI documents, rather than only making it unlikely.
+                logit_bias=tuple((t, -math.inf if b <= -100 else b) for t, b in sorted(biases.items())),
+                grammar=grammar,
             ),
             stop=body.stop_list(),
+            logprobs=body.logprobs_wanted(),
             deadline=time.monotonic() + timeout,
         )
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
@@ -169,28 +244,34 @@ class CompletionService:
         self, prepared: Prepared, events: AsyncGenerator[Event, None], record: RequestRecord
     ) -> tuple[dict[str, Any], Finished]:
         parts: list[str] = []
+        entries: list[TokenLogprob] | None = None if prepared.request.logprobs is None else []
         async for event in events:
             if isinstance(event, TextDelta):
                 record.first_token()
                 parts.append(event.text)
+                if entries is not None and event.logprobs:
+                    entries.extend(event.logprobs)
             elif isinstance(event, Failed):
                 raise event.error
             else:
                 record.finished(event)
-                return self._body(prepared, "".join(parts), event), event
+                return self._body(prepared, "".join(parts), event, entries), event
         raise InternalError("the engine ended the request without finishing it")
 
-    def _body(self, prepared: Prepared, text: str, done: Finished) -> dict[str, Any]:
+    def _body(
+        self, prepared: Prepared, text: str, done: Finished, entries: list[TokenLogprob] | None
+    ) -> dict[str, Any]:
         if prepared.endpoint == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": done.finish_reason,
-                "logprobs": None,
+                "logprobs": None if entries is None else chat_logprobs(entries),
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "finish_reason": done.finish_reason, "logprobs": None}
+            logprobs = None if entries is None else text_logprobs(entries, 0)
+            choice = {"index": 0, "text": text, "finish_reason": done.finish_reason, "logprobs": logprobs}
             obj = "text_completion"
         return {
             "id": prepared.id,
@@ -214,10 +295,19 @@ class CompletionService:
             if prepared.endpoint == "chat":
                 yield sse(self._chunk(prepared, {"role": "assistant", "content": ""}, None))
             event: Event | None = first
+            offset = 0  # where the next token's text starts, for text completions' text_offset
             while event is not None:
                 if isinstance(event, TextDelta):
                     record.first_token()
-                    yield sse(self._chunk(prepared, event.text, None))
+                    chunk = self._chunk(prepared, event.text, None)
+                    if event.logprobs is not None:
+                        chunk["choices"][0]["logprobs"] = (
+                            chat_logprobs(event.logprobs)
+                            if prepared.endpoint == "chat"
+                            else text_logprobs(event.logprobs, offset)
+                        )
+                        offset += sum(len(_token_text(e.token)) for e in event.logprobs)
+                    yield sse(chunk)
                 elif isinstance(event, Failed):
                     record.failed(event.error)
                     yield sse(event.error.body())

@@ -46,7 +46,9 @@ def post(server: ServerProcess, path: str, **kwargs: Any) -> httpx.Response:
         ({**CHAT, "n": 2}, "n", "n=1"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role", ""),
         ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
-        ({**CHAT, "logprobs": True}, "logprobs", "not supported"),
+        ({**CHAT, "top_logprobs": 3}, None, "top_logprobs needs logprobs"),
+        ({**CHAT, "logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
+        ({**CHAT, "logit_bias": {"5": 101}}, "logit_bias", "between -100 and 100"),
         ({**CHAT, "stop": ["a", ""]}, "stop", "empty"),
         (
             {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},

@@ -11,7 +11,7 @@ import pytest
 from spaceserve.base.errors import APIError, ContextLengthExceeded, InternalError, ModelNotFound
 from spaceserve.base.requestlog import RequestRecord
 from spaceserve.base.schemas import DEFAULT_MIN_P, DEFAULT_TOP_K, ChatCompletionRequest, CompletionRequest
-from spaceserve.engine.types import EngineInfo, Event, Failed, Finished, GenerationRequest, TextDelta
+from spaceserve.engine.types import EngineInfo, Event, Failed, Finished, GenerationRequest, TextDelta, TokenLogprob
 from spaceserve.model.service import CompletionService
 
 pytestmark = pytest.mark.anyio
@@ -177,3 +177,62 @@ def test_a_request_without_top_k_or_min_p_gets_the_documented_defaults() -> None
     assert (sampling.top_k, sampling.min_p) == (DEFAULT_TOP_K, DEFAULT_MIN_P) == (40, 0.05)
     explicit = svc.prepare_chat(chat(top_k=0, min_p=0)).request.sampling
     assert (explicit.top_k, explicit.min_p) == (0, 0.0)
+
+
+async def test_request_features_reach_the_engine_request() -> None:
+    svc, _ = service([finished()])
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    body = chat(
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}},
+        logit_bias={"7": -100, "3": 2.5},
+        logprobs=True,
+        top_logprobs=4,
+    )
+    request = svc.prepare_chat(body).request
+    assert request.sampling.grammar is not None and request.sampling.grammar.startswith("root ::= ")
+    assert request.sampling.logit_bias == ((3, 2.5), (7, float("-inf")))
+    assert request.logprobs == 4
+    plain = svc.prepare_chat(chat()).request
+    assert plain.sampling.grammar is None and plain.sampling.logit_bias == () and plain.logprobs is None
+    assert svc.prepare_chat(chat(response_format={"type": "text"})).request.sampling.grammar is None
+
+
+def test_unsupported_schema_and_unknown_token_ids_are_refused_before_the_engine() -> None:
+    svc, engine = service([finished()])
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"not": {}}}}
+    with pytest.raises(APIError) as caught:
+        svc.prepare_chat(chat(response_format=fmt))
+    assert caught.value.status_code == 400 and caught.value.param == "response_format"
+    assert "'not'" in caught.value.message
+    with pytest.raises(APIError) as caught:
+        svc.prepare_chat(chat(logit_bias={"100": 1}))  # the scripted vocabulary has 100 tokens
+    assert caught.value.param == "logit_bias"
+    assert engine.requests == []
+
+
+async def test_logprobs_are_shaped_as_openai_does() -> None:
+    hi = TokenLogprob(b"Hi", -0.5, [(b"Hi", -0.5), (b"Yo", -1.5)])
+    bang = TokenLogprob(b"!", -0.25, [(b"!", -0.25), (b".", -2.0)])
+    svc, _ = service([TextDelta("Hi", [hi]), TextDelta("!", [bang]), finished()])
+    prepared = svc.prepare_chat(chat(logprobs=True, top_logprobs=2))
+    body, _ = await svc.collect(prepared, svc.start(prepared), RequestRecord("r"))
+    content = body["choices"][0]["logprobs"]["content"]
+    assert content[0] == {
+        "token": "Hi",
+        "logprob": -0.5,
+        "bytes": [72, 105],
+        "top_logprobs": [
+            {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+            {"token": "Yo", "logprob": -1.5, "bytes": [89, 111]},
+        ],
+    }
+    text_body = CompletionRequest.model_validate({"model": "served-model", "prompt": "x", "logprobs": 2})
+    svc, _ = service([TextDelta("Hi", [hi]), TextDelta("!", [bang]), finished()])
+    prepared = svc.prepare_text(text_body)
+    body, _ = await svc.collect(prepared, svc.start(prepared), RequestRecord("r"))
+    assert body["choices"][0]["logprobs"] == {
+        "tokens": ["Hi", "!"],
+        "token_logprobs": [-0.5, -0.25],
+        "top_logprobs": [{"Hi": -0.5, "Yo": -1.5}, {"!": -0.25, ".": -2.0}],
+        "text_offset": [0, 2],
+    }
