@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements*.txt | sha256sum | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint format typecheck bench loadtest soak fuzz clean lint-docker container-check publish
+.PHONY: install run test test-slow test-all lint format typecheck bench bench-kv bench-grammar loadtest soak fuzz clean lint-docker container-check publish
 
 install: $(STAMP)
 
@@ -45,6 +45,15 @@ typecheck: install
 bench: install
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench.compare $(ARGS)
+
+# KV cache layouts on the synthetic 1.3B (bench/synthetic.py builds it once), and what a
+# structured-output request costs the streams beside it; each prints one table.
+bench-kv: install
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) -m bench.kv_layout $(ARGS)
+
+bench-grammar: install
+	$(PY) -m bench.grammar_cost $(ARGS)
 
 # Load tests: the server on the embedded model on a loopback port, locust headless; CSVs and a summary
 # under artifacts/loadtest/. Exit status 1 on any failed request (soak: also on growing memory).

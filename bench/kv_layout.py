@@ -7,7 +7,7 @@ For each layout this server starts on the same GGUF and, one layout after the ot
    beside a long sequence, which a pool makes every stream attend over);
 3. peak resident memory of the server process.
 
-    python -m bench.kv_layout --model ds13.q4km.gguf [--long 3000] [--streams 4] \
+    python -m bench.kv_layout [--model PATH (default: bench.synthetic's 1.3B)] [--long 3000] [--streams 4] \
         [--layouts "streams:2x16384:f16,pool:8x16384/32768:f16,pool:8x16384/32768:q8_0"]
 
 A layout is ``streams:<slots>x<context>:<type>`` or ``pool:<slots>x<context>/<cells>:<type>``.
@@ -27,6 +27,8 @@ import httpx
 import psutil
 
 from spaceserve.deploy.process import ServerProcess
+
+from .synthetic import synthetic_model
 
 SHORT_TOKENS = 64
 
@@ -88,7 +90,7 @@ async def measure(url: str, long_tokens: int, streams: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kv_layout", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="a GGUF (default: the synthetic 1.3B, built once and cached)")
     parser.add_argument("--long", type=int, default=3000)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--chat-template", default="deepseek-coder", help="for a GGUF without one (the synthetic 1.3B)")
@@ -96,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         "--layouts", default="streams:2x16384:f16,pool:8x16384/32768:f16,pool:8x16384/32768:q8_0,streams:8x4096:f16"
     )
     args = parser.parse_args(argv)
+    model = args.model or synthetic_model()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for layout in args.layouts.split(","):
             env = parse_layout(layout)
-            env.update(MODEL_SOURCE=str(args.model), CHAT_TEMPLATE=args.chat_template, MODEL_ALIASES="*")
+            env.update(MODEL_SOURCE=str(model), CHAT_TEMPLATE=args.chat_template, MODEL_ALIASES="*")
             with ServerProcess(Path(scratch) / f"{layout.replace('/', '_')}.log", env) as server:
                 sampler = PeakRSS(server.pid)
                 sampler.start()
