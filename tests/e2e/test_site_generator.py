@@ -140,17 +140,17 @@ def test_edit_with_a_17_kb_page_in_the_system_prompt_streams(client: OpenAI) -> 
 def test_older_edit_shape_non_streamed_with_the_page_as_an_assistant_turn(client: OpenAI) -> None:
     messages = [
         {"role": "system", "content": rules(5700, EDIT_RULES)},
-        {"role": "assistant", "content": page(12)},
+        {"role": "assistant", "content": page(6)},
         {"role": "user", "content": "Change the title to Crumb & Co. and keep everything else."},
     ]
     # Non-streamed with max_tokens 16384: the request's own timeout bounds the test, and the reply
     # then ends with finish_reason "length" and whatever was generated.
     reply = client.chat.completions.create(
-        model=PROVIDER_MODEL, messages=messages, max_tokens=16384, temperature=0, extra_body={"timeout": 90}
+        model=PROVIDER_MODEL, messages=messages, max_tokens=16384, temperature=0, extra_body={"timeout": 30}
     )
     assert reply.model == SERVED
     assert reply.choices[0].message.content and reply.choices[0].finish_reason in ("stop", "length")
-    assert reply.usage is not None and reply.usage.prompt_tokens > 3000
+    assert reply.usage is not None and reply.usage.prompt_tokens > 2000
 
 
 def test_an_edit_that_does_not_fit_at_all_is_400_with_both_numbers(client: OpenAI, primary: ServerProcess) -> None:
