@@ -4,6 +4,7 @@ that leaves mid-draft frees its slot; sampling still ends normally."""
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -163,3 +164,29 @@ def test_sampling_with_drafts_completes(spec_on: ServerProcess) -> None:
     assert text(reply).strip()
     assert reply["usage"]["completion_tokens"] == reply["timings"]["predicted_n"]
     assert reply["timings"]["draft_n"] >= reply["timings"]["draft_n_accepted"] >= 0
+
+
+def test_logprobs_with_drafts_cover_every_token(spec_on: ServerProcess, without_drafts: list[tuple[str, int]]) -> None:
+    reply = edit(spec_on, EDITS[0], logprobs=True, top_logprobs=2)
+    entries = reply["choices"][0]["logprobs"]["content"]
+    assert reply["timings"]["draft_n_accepted"] > 0
+    assert len(entries) == reply["usage"]["completion_tokens"]
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8", errors="replace") == text(reply)
+    assert text(reply).startswith(without_drafts[0][0])
+
+
+def test_a_grammar_with_drafts_still_holds(spec_on: ServerProcess) -> None:
+    """Drafts copied from the prompt pass through the grammar like sampled tokens. (The text is not
+    compared with the non-speculative one: this small model loops through near-ties here.)"""
+    schema = {
+        "type": "object",
+        "properties": {"breads": {"type": "array", "items": {"type": "string"}, "maxItems": 4}},
+        "required": ["breads"],
+    }
+    prompt = f"Here is my page:\n\n{PAGE}\nList the breads on the page, with their prices, as JSON."
+    response_format = {"type": "json_schema", "json_schema": {"name": "breads", "schema": schema, "strict": True}}
+    reply = edit(spec_on, prompt, max_tokens=200, response_format=response_format)
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    value = json.loads(text(reply))
+    assert len(value["breads"]) <= 4 and all(isinstance(b, str) for b in value["breads"])
+    assert reply["timings"]["draft_n_accepted"] > 0
