@@ -200,6 +200,10 @@ class ModelSettings(CommonSettings):
     max_messages: int = Field(default=1000, ge=1)
     # Text completions: read control-token texts (``<start_of_turn>``) in a prompt as control tokens.
     parse_special_in_prompt: bool = False
+    # Speculative decoding from the request's own tokens (docs/performance.md): when the reply's
+    # last tokens occurred before, verify up to SPECULATIVE_DRAFT_MAX of the tokens that followed.
+    speculative: bool = True
+    speculative_draft_max: int = Field(default=8, ge=1, le=64)
 
     def threads(self) -> int:
         """Threads for llama.cpp: ``CPU_CORES`` (set by Spaces), else the cores this process may use."""

@@ -60,6 +60,18 @@ class Metrics:
             "spaceserve_cached_prompt_tokens", "prompt tokens reused from the prompt cache", ["model"], registry=r
         )
         self.completion_tokens = Counter("spaceserve_completion_tokens", "generated tokens", ["model"], registry=r)
+        self.draft_tokens = Counter(
+            "spaceserve_speculative_draft_tokens",
+            "draft tokens verified by speculative decoding (looked up in the prompt and reply)",
+            ["model"],
+            registry=r,
+        )
+        self.draft_accepted = Counter(
+            "spaceserve_speculative_accepted_tokens",
+            "draft tokens the model agreed with (accepted / draft is the acceptance rate)",
+            ["model"],
+            registry=r,
+        )
         self.queue_rejections = Counter(
             "spaceserve_queue_rejections", "requests refused because the queue was full (429 queue_full)", registry=r
         )
@@ -91,6 +103,9 @@ class Metrics:
             self.prompt_tokens.labels(model).inc(record.prompt_tokens)
         if record.cached_tokens:
             self.cached_tokens.labels(model).inc(record.cached_tokens)
+        if record.draft_tokens:
+            self.draft_tokens.labels(model).inc(record.draft_tokens)
+            self.draft_accepted.labels(model).inc(record.draft_accepted)
         if record.completion_tokens:
             self.completion_tokens.labels(model).inc(record.completion_tokens)
             if record.predicted_ms:

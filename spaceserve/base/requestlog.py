@@ -33,6 +33,10 @@ class Completion(Protocol):
     def cached_tokens(self) -> int: ...
     @property
     def predicted_ms(self) -> float: ...
+    @property
+    def draft_tokens(self) -> int: ...
+    @property
+    def draft_accepted(self) -> int: ...
 
 
 @dataclass
@@ -46,6 +50,8 @@ class RequestRecord:
     cached_tokens: int | None = None
     ttft_ms: float | None = None
     predicted_ms: float | None = None  # time spent generating, for tokens-per-second metrics
+    draft_tokens: int = 0  # speculative decoding: draft tokens verified
+    draft_accepted: int = 0  # ... and kept
     finish_reason: str | None = None
     error_code: str | None = None
     # Free-form fields other parts add (the proxy's upstream, for instance).
@@ -61,6 +67,8 @@ class RequestRecord:
         self.completion_tokens = done.completion_tokens
         self.cached_tokens = done.cached_tokens
         self.predicted_ms = done.predicted_ms
+        self.draft_tokens = done.draft_tokens
+        self.draft_accepted = done.draft_accepted
         self.finish_reason = done.finish_reason
 
     def failed(self, error: APIError) -> None:
@@ -114,6 +122,8 @@ class AccessLogMiddleware:
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,
             "cached_tokens": record.cached_tokens,
+            "draft_tokens": record.draft_tokens or None,
+            "draft_accepted": record.draft_tokens and record.draft_accepted,
             "ttft_ms": round(record.ttft_ms, 1) if record.ttft_ms is not None else None,
             "total_ms": round((time.monotonic() - record.started) * 1000, 1),
             "finish_reason": record.finish_reason,

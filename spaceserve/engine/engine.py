@@ -68,11 +68,14 @@ class LlamaEngine:
         max_queue: int,
         *,
         parse_special_in_prompt: bool = False,
+        draft_max: int = 0,
     ) -> None:
         self.model = model
         self.chat_format = chat_format
         self.parse_special_in_prompt = parse_special_in_prompt
-        self.scheduler = Scheduler(model, max_queue=max_queue, end_tokens=end_tokens(model, chat_format))
+        self.scheduler = Scheduler(
+            model, max_queue=max_queue, end_tokens=end_tokens(model, chat_format), draft_max=draft_max
+        )
         self.info = EngineInfo(
             model_id=model_id,
             context_size=model.shape.per_slot,
@@ -120,7 +123,12 @@ class LlamaEngine:
             model.close()
             raise
         return cls(
-            model, chat_format, model_id, settings.max_queue, parse_special_in_prompt=settings.parse_special_in_prompt
+            model,
+            chat_format,
+            model_id,
+            settings.max_queue,
+            parse_special_in_prompt=settings.parse_special_in_prompt,
+            draft_max=settings.speculative_draft_max if settings.speculative else 0,
         )
 
     @property

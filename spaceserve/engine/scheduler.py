@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from ..base.errors import APIError, InternalError, RateLimited, ServiceUnavailable
+from .lookup import NgramLookup
 from .model import LoadedModel
 from .sampling import Sampler, log_probs, raw_logits
 from .text import TextStream
@@ -63,6 +64,12 @@ class Slot:
     held_logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)
     fed_bytes: int = 0
     sent_bytes: int = 0
+    # Speculative decoding: prompt + reply for draft lookup (None: not speculating), the draft in
+    # the current batch (after last_token), and counts for the request's timings.
+    lookup: NgramLookup | None = None
+    draft: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def busy(self) -> bool:
@@ -74,10 +81,11 @@ class QueueFull(RateLimited):
 
 
 class Scheduler:
-    def __init__(self, model: LoadedModel, *, max_queue: int, end_tokens: set[int]) -> None:
+    def __init__(self, model: LoadedModel, *, max_queue: int, end_tokens: set[int], draft_max: int = 0) -> None:
         self.model = model
         self.max_queue = max_queue
         self.end_tokens = end_tokens
+        self.draft_max = draft_max  # draft tokens per sequence and step; 0 turns speculation off
         self.slots = [Slot(i) for i in range(model.shape.slots)]
         self._waiting: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
@@ -226,6 +234,9 @@ class Scheduler:
         slot.generated = 0
         slot.held_logprobs = []
         slot.fed_bytes = slot.sent_bytes = 0
+        slot.lookup = NgramLookup(prompt) if self.draft_max > 0 else None
+        slot.draft = []
+        slot.drafted = slot.accepted = 0
         slot.started_at = time.monotonic()
         slot.first_token_at = 0.0
 
@@ -302,9 +313,15 @@ class Scheduler:
             batch.logits[n] = logits
             n += 1
 
+        spare = capacity - len(generating)  # batch rows left for drafts once every sequence has its row
         for slot in generating:
             slot.batch_index = n
-            add(slot.last_token, len(slot.cached), slot.seq_id, True)
+            base = len(slot.cached)
+            add(slot.last_token, base, slot.seq_id, True)
+            slot.draft = self._draft(slot, spare)
+            spare -= len(slot.draft)
+            for i, token in enumerate(slot.draft):
+                add(token, base + 1 + i, slot.seq_id, True)
         chunks: list[tuple[Slot, int]] = []
         for slot in prefilling:
             room = capacity - n
@@ -322,6 +339,19 @@ class Scheduler:
         batch.n_tokens = n
         return generating, chunks
 
+    def _draft(self, slot: Slot, spare: int) -> list[int]:
+        """Tokens to verify after ``last_token`` this step: never past ``max_tokens``, the slot's
+        context or the batch, so they stay inside the slot's KV reservation."""
+        if slot.lookup is None or slot.request is None:
+            return []
+        limit = min(
+            self.draft_max,
+            spare,
+            slot.request.max_tokens - slot.generated - 1,
+            self.model.shape.per_slot - len(slot.cached) - 2,
+        )
+        return slot.lookup.draft(limit)
+
     def _sample(self, generating: list[Slot], chunks: list[tuple[Slot, int]]) -> None:
         """Record what the decode stored, then sample each slot that got logits."""
         for slot in generating:
@@ -329,11 +359,47 @@ class Scheduler:
         for slot, take in chunks:
             slot.cached.extend(slot.pending[:take])
             slot.pending = slot.pending[take:]
-        sampled = generating + [s for s, _ in chunks if not s.pending]
-        for slot in sampled:
+        for slot in generating:
+            self._verify(slot)
+        for slot in (s for s, _ in chunks if not s.pending):
             assert slot.sampler is not None
-            token = slot.sampler.sample(self.model.ctx, slot.batch_index)
+            self._on_token(slot, slot.sampler.sample(self.model.ctx, slot.batch_index))
+
+    def _verify(self, slot: Slot) -> None:
+        """Sample after ``last_token``, then after each draft token while the sample matched it.
+
+        Each token is drawn by the request's own sampler from the model's distribution given the
+        true prefix (a draft token is used as context only once the model drew that same token),
+        so the reply is what it would be without drafts, at any temperature. The first mismatch is
+        itself a real sample and is kept; the KV cells of the draft tokens after it are dropped.
+        """
+        draft, first = slot.draft, slot.batch_index
+        slot.draft = []
+        stored = len(slot.cached) + len(draft)  # KV cells the decode filled for this sequence
+        slot.drafted += len(draft)
+        for i in range(len(draft) + 1):
+            assert slot.sampler is not None
+            slot.batch_index = first + i
+            token = slot.sampler.sample(self.model.ctx, first + i)
             self._on_token(slot, token)
+            if not slot.busy or i == len(draft) or token != draft[i]:
+                break
+            slot.cached.append(token)  # the draft token's KV is the true prefix now
+            slot.accepted += 1
+        if len(slot.cached) < stored:
+            self._drop_rejected(slot)
+
+    def _drop_rejected(self, slot: Slot) -> None:
+        """Remove the KV cells of rejected draft tokens, so the stream holds exactly ``cached``."""
+        if llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq_id, len(slot.cached), -1):
+            return
+        # A cache that cannot drop part of a sequence: drop all of it and evaluate the history
+        # again as a prompt (its logits give the next token); no more drafts for this request.
+        llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq_id, -1, -1)
+        if slot.busy:
+            slot.pending = [*slot.cached, slot.last_token]
+        slot.cached = []
+        slot.lookup = None
 
     def _on_token(self, slot: Slot, token: int) -> None:
         request = slot.request
@@ -345,6 +411,8 @@ class Scheduler:
             return
         slot.generated += 1
         slot.last_token = token
+        if slot.lookup is not None:
+            slot.lookup.add(token)
         piece = self.model.piece(token)
         if request.logprobs is not None:
             slot.held_logprobs.append((slot.fed_bytes, self._logprob(slot, token, request.logprobs)))
@@ -398,6 +466,8 @@ class Scheduler:
                 prompt_ms=(first - slot.started_at) * 1000,
                 predicted_ms=(end - first) * 1000,
                 note=note,
+                draft_tokens=slot.drafted,
+                draft_accepted=slot.accepted,
             )
         )
         self._avg_request_s = 0.8 * self._avg_request_s + 0.2 * (end - slot.started_at)
@@ -418,3 +488,5 @@ class Scheduler:
         slot.pending = []
         slot.batch_index = -1
         slot.reserved = 0
+        slot.lookup = None
+        slot.draft = []

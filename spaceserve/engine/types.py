@@ -73,6 +73,9 @@ class Finished:
     predicted_ms: float
     # Why generation ended early, when it was not max_tokens/stop (e.g. the deadline).
     note: str | None = None
+    # Speculative decoding: draft tokens verified, and how many of them the model agreed with.
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 @dataclass

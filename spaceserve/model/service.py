@@ -103,6 +103,9 @@ def timings(done: Finished) -> dict[str, float | int]:
         ),
         "cache_n": done.cached_tokens,
         "queued_ms": round(done.queued_ms, 2),
+        # Speculative decoding, as llama-server names them: draft tokens verified and kept.
+        "draft_n": done.draft_tokens,
+        "draft_n_accepted": done.draft_accepted,
     }
 
 

@@ -1,0 +1,44 @@
+"""The n-gram draft finder of speculative decoding (spaceserve/engine/lookup.py)."""
+
+from __future__ import annotations
+
+from spaceserve.engine.lookup import NgramLookup
+
+
+def test_draft_is_what_followed_the_tail_before() -> None:
+    lookup = NgramLookup([1, 2, 3, 4, 5, 6, 9, 2, 3])
+    assert lookup.draft(3) == [4, 5, 6]
+    assert lookup.draft(1) == [4]
+    assert lookup.draft(0) == []
+
+
+def test_the_longest_matching_tail_wins_over_a_later_shorter_one() -> None:
+    # "2 3" last occurred before 8, but "1 2 3" (longer) before 4.
+    lookup = NgramLookup([1, 2, 3, 4, 4, 2, 3, 8, 7, 1, 2, 3])
+    assert lookup.draft(2) == [4, 4]
+
+
+def test_the_latest_occurrence_of_a_tail_is_used() -> None:
+    lookup = NgramLookup([5, 6, 1, 5, 6, 2, 0, 5, 6])
+    assert lookup.draft(4) == [2, 0, 5, 6]
+
+
+def test_no_draft_without_an_earlier_occurrence_or_for_a_single_token() -> None:
+    assert NgramLookup([1, 2, 3, 4]).draft(4) == []
+    assert NgramLookup([7, 1, 9, 7]).draft(4) == []  # only "7" matches: too weak a guess
+    assert NgramLookup([]).draft(4) == []
+
+
+def test_added_tokens_extend_the_history_and_the_draft_stops_at_its_end() -> None:
+    lookup = NgramLookup([10, 11, 12, 13])
+    assert lookup.draft(8) == []
+    lookup.add(10)
+    lookup.add(11)
+    assert lookup.draft(8) == [12, 13, 10, 11]
+    lookup.add(99)
+    assert lookup.draft(8) == []
+
+
+def test_a_repeating_run_drafts_itself() -> None:
+    lookup = NgramLookup([4, 4, 4])
+    assert lookup.draft(5) == [4]
