@@ -35,6 +35,9 @@ IDLE_WAIT = 0.25  # seconds the loop sleeps when idle before checking deadlines 
 # Copying another slot's KV stream moves the whole stream buffer; below this many extra reused
 # tokens, evaluating them again is cheaper.
 MIN_COPY_GAIN = 32
+# A draft row costs nearly a token's compute on a CPU (bench.draft_cost): a request whose drafts are
+# mostly rejected stops drafting once it has this many behind it and under half were accepted.
+DRAFT_PROBATION = 32
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -344,6 +347,8 @@ class Scheduler:
         context or the batch, so they stay inside the slot's KV reservation."""
         if slot.lookup is None or slot.request is None:
             return []
+        if slot.drafted >= DRAFT_PROBATION and 2 * slot.accepted < slot.drafted:
+            return []  # its drafts do not pay for themselves
         limit = min(
             self.draft_max,
             spare,

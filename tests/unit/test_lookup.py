@@ -42,3 +42,19 @@ def test_added_tokens_extend_the_history_and_the_draft_stops_at_its_end() -> Non
 def test_a_repeating_run_drafts_itself() -> None:
     lookup = NgramLookup([4, 4, 4])
     assert lookup.draft(5) == [4]
+
+
+def test_a_request_whose_drafts_are_mostly_rejected_stops_drafting() -> None:
+    # Scheduler._draft on its own: the scheduler's state it reads is the slot and two numbers.
+    from types import SimpleNamespace
+
+    from spaceserve.engine.scheduler import DRAFT_PROBATION, Scheduler, Slot
+    from spaceserve.engine.types import GenerationRequest
+
+    owner = SimpleNamespace(draft_max=8, model=SimpleNamespace(shape=SimpleNamespace(per_slot=4096)))
+    slot = Slot(0, request=GenerationRequest(prompt=[1], max_tokens=1000), lookup=NgramLookup([1, 2, 3, 4, 1, 2]))
+    assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]
+    slot.drafted, slot.accepted = DRAFT_PROBATION, DRAFT_PROBATION // 2
+    assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]  # half accepted: still pays
+    slot.accepted -= 1
+    assert Scheduler._draft(owner, slot, 100) == []  # type: ignore[arg-type]
