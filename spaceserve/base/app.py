@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..settings import CommonSettings
-from .auth import KeyRing, presented_keys
+from .auth import KeyRing, require_key
 from .bodylimit import BodyLimitMiddleware
 from .cors import CORS
 from .errors import APIError, ClientGone, install_error_handlers
@@ -31,11 +31,6 @@ def record_dep(request: Request) -> RequestRecord:
 
 
 RecordDep = Annotated[RequestRecord, Depends(record_dep)]
-
-
-def require_key(request: Request, record: RecordDep) -> None:
-    keyring: KeyRing = request.app.state.keyring
-    record.key = keyring.check(presented_keys(request))
 
 
 async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
@@ -72,12 +67,11 @@ class GateMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
-            request = Request(scope)
             try:
                 if self.keyring.refusal:
                     self.keyring.check([])  # raises: no key on a public host
                 if self.gate is not None:
-                    self.gate(request)
+                    self.gate(Request(scope))
             except APIError as error:
                 get_record(scope).failed(error)
                 await error.response()(scope, receive, send)
@@ -122,10 +116,8 @@ def build_base_app(
 
 
 def require_openapi_access(request: Request) -> None:
-    if request.app.state.settings.openapi_public:
-        return
-    keyring: KeyRing = request.app.state.keyring
-    get_record(request.scope).key = keyring.check(presented_keys(request))
+    if not request.app.state.settings.openapi_public:
+        require_key(request)
 
 
 def openapi_router() -> APIRouter:

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from ..settings import CommonSettings
 from .errors import AuthenticationFailed, Misconfigured
+from .requestlog import get_record
 
 log = logging.getLogger("spaceserve.base.auth")
 
@@ -78,3 +79,10 @@ def presented_keys(request: Request) -> list[str]:
     if scheme.lower() == "bearer" and value.strip():
         keys.append(value.strip())
     return keys
+
+
+def require_key(request: Request) -> None:
+    """Check the request's key against the app's keyring and note its fingerprint on the request's
+    record (for the access log and metrics); raise when refused. The one key check of every route."""
+    keyring: KeyRing = request.app.state.keyring
+    get_record(request.scope).key = keyring.check(presented_keys(request))

@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import KeyRing, presented_keys
+from .auth import require_key
 from .requestlog import RequestRecord, get_record
 
 # CPU inference: a first token can take 50 ms (cached prompt, idle server) or minutes (a long
@@ -163,10 +163,8 @@ class MetricsMiddleware:
 
 
 def require_metrics_access(request: Request) -> None:
-    if request.app.state.settings.metrics_public:
-        return
-    keyring: KeyRing = request.app.state.keyring
-    get_record(request.scope).key = keyring.check(presented_keys(request))
+    if not request.app.state.settings.metrics_public:
+        require_key(request)
 
 
 def metrics_router() -> APIRouter:

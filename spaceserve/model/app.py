@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..base.app import RecordDep, build_base_app, require_key, until_disconnected
-from ..base.auth import KeyRing, presented_keys
+from ..base.app import RecordDep, build_base_app, until_disconnected
+from ..base.auth import require_key
 from ..base.ratelimit import enforce_rate_limit
-from ..base.requestlog import RequestRecord, get_record
+from ..base.requestlog import RequestRecord
 from ..base.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from ..base.sse import HEADERS as SSE_HEADERS
 from ..engine.source import default_model_id
@@ -98,8 +98,7 @@ def readiness_gate(request: Request) -> None:
     runtime: ModelRuntime = request.app.state.runtime
     if runtime.engine is not None:
         return
-    keyring: KeyRing = request.app.state.keyring
-    get_record(request.scope).key = keyring.check(presented_keys(request))
+    require_key(request)
     runtime.require()
 
 

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from ..base.app import RecordDep, build_base_app, require_key, until_disconnected
+from ..base.app import RecordDep, build_base_app, until_disconnected
+from ..base.auth import require_key
 from ..base.ratelimit import enforce_rate_limit
 from ..base.requestlog import RequestRecord
 from ..base.schemas import Endpoint, ModelCard, ModelList, UnicodeBody
