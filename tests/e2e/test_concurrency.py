@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from ..support.servers import MODEL_ID, ServerProcess
+from ..support.waiting import wait_for
 from .test_errors import assert_openai_error, wait_idle
 
 # Continuations the model is sure of. At temperature 0 a near-tie between two tokens can flip with
@@ -116,15 +117,6 @@ class Stream:
         self.thread.join(timeout=30)
 
 
-def wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def health(server: ServerProcess) -> dict[str, Any]:
     return dict(httpx.get(server.url + "/health").json())
 
@@ -133,9 +125,9 @@ def test_full_queue_is_429_and_a_disconnect_lets_the_queued_request_start(one_sl
     running = Stream(one_slot)
     queued: Stream | None = None
     try:
-        wait_for(lambda: running.first_chunk_at is not None)
+        assert wait_for(lambda: running.first_chunk_at is not None, timeout=30)
         queued = Stream(one_slot)
-        wait_for(lambda: health(one_slot)["queued"] == 1)
+        assert wait_for(lambda: health(one_slot)["queued"] == 1, timeout=30)
         refused = httpx.post(one_slot.url + "/v1/completions", json={"model": MODEL_ID, "prompt": "x", "max_tokens": 2})
         error = assert_openai_error(refused, 429, "queue_full")
         assert error["type"] == "rate_limit_exceeded"
@@ -144,7 +136,7 @@ def test_full_queue_is_429_and_a_disconnect_lets_the_queued_request_start(one_sl
         running.close()
         # The queued request starts because the first one was cut short when its client left (its
         # access-log line has no finish reason), not because it ran out its 1,500 tokens.
-        wait_for(lambda: queued is not None and queued.first_chunk_at is not None, timeout=60)
+        assert wait_for(lambda: queued is not None and queued.first_chunk_at is not None, timeout=60)
         entries = [
             json.loads(line.split("spaceserve.access ", 1)[1])
             for line in one_slot.log().splitlines()
@@ -173,7 +165,7 @@ def test_deadline_stops_a_long_generation(one_slot: ServerProcess) -> None:
 def test_deadline_passing_in_the_queue_is_503(one_slot: ServerProcess) -> None:
     running = Stream(one_slot)
     try:
-        wait_for(lambda: running.first_chunk_at is not None)
+        assert wait_for(lambda: running.first_chunk_at is not None, timeout=30)
         body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 2, "timeout": 1}
         response = httpx.post(one_slot.url + "/v1/completions", json=body, timeout=60)
         assert_openai_error(response, 503, "timeout")

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from spaceserve.base.auth import fingerprint
 
 from ..support.servers import MODEL_ID, ServerProcess
+from .test_errors import wait_idle
 
 LIMITED = "sk-test-limited-41c7"  # 2 requests per minute
 THRIFTY = "sk-test-thrifty-90d2"  # 10 generated tokens per minute
@@ -156,11 +157,7 @@ def test_queue_rejections_and_client_disconnects_are_counted(ops: ServerProcess)
     previous = metric(before, "spaceserve_client_disconnects_total")
     assert wait_for(ops, "spaceserve_client_disconnects_total", previous + 1) == previous + 1
     # The slot is freed at the next decode step; the next test needs it (one slot, no queue).
-    for _ in range(600):
-        if httpx.get(ops.url + "/health").json()["active"] == 0:
-            break
-        time.sleep(0.1)
-    assert httpx.get(ops.url + "/health").json()["active"] == 0
+    wait_idle(ops, timeout=60)
 
 
 def test_limited_key_is_cut_off_at_its_limit_while_another_key_is_not(ops: ServerProcess) -> None:

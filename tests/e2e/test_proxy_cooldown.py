@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from ..support.proxy import FakeUpstream, chat, closed_port_url, health, start_proxy, upstream
+from ..support.waiting import wait_for
 
 
 @pytest.fixture
@@ -24,15 +25,6 @@ def fakes() -> Iterator[Callable[..., FakeUpstream]]:
     yield make
     for fake in made:
         fake.stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_cooldown_skips_a_failing_upstream_then_a_trial_brings_it_back(

@@ -4,7 +4,6 @@ failures after it end in an error event and [DONE], and a client that leaves is 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from ..support.proxy import FakeUpstream, Rig, closed_port_url, health, sse_data, start_proxy, upstream
 from ..support.servers import MODEL_ID, ServerProcess
+from ..support.waiting import wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -124,7 +124,7 @@ def test_a_client_leaving_a_stream_disconnects_the_upstream(rig: Rig) -> None:
         assert not fake.disconnected.is_set()
     # The upstream holds its stream open forever; only the proxy closing it ends this wait.
     assert fake.disconnected.wait(5), "the upstream never saw the client leave"
-    assert wait_for(lambda: health(rig.proxy)["hold"]["in_flight"] == 0)
+    assert wait_for(lambda: health(rig.proxy)["hold"]["in_flight"] == 0, timeout=5)
 
 
 def test_a_client_giving_up_before_the_answer_disconnects_the_upstream(rig: Rig) -> None:
@@ -135,7 +135,7 @@ def test_a_client_giving_up_before_the_answer_disconnects_the_upstream(rig: Rig)
         httpx.post(rig.proxy.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
     assert fake.completions(), "the request reached the upstream"
     assert fake.disconnected.wait(5), "the upstream kept working for a client that had left"
-    assert wait_for(lambda: health(rig.proxy)["stall"]["in_flight"] == 0)
+    assert wait_for(lambda: health(rig.proxy)["stall"]["in_flight"] == 0, timeout=5)
 
 
 def test_text_generation_upstream_behind_the_openai_api(rig: Rig) -> None:
@@ -161,12 +161,3 @@ def test_text_generation_upstream_behind_the_openai_api(rig: Rig) -> None:
     text = client.completions.create(model="tgi", prompt="The capital of France is", max_tokens=3)
     assert text.choices[0].text == " Paris."
     assert fake.completions()[-1].body["inputs"] == "The capital of France is"
-
-
-def wait_for(condition: Any, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
