@@ -204,6 +204,9 @@ class ModelSettings(CommonSettings):
     # last tokens occurred before, verify up to SPECULATIVE_DRAFT_MAX of the tokens that followed.
     speculative: bool = True
     speculative_draft_max: int = Field(default=8, ge=1, le=64)
+    # Run each step with the number of threads (1..CPU_CORES) that is faster now, re-measured every
+    # 128 steps: fewer when another process takes CPU time (spaceserve/engine/threads.py).
+    adaptive_threads: bool = True
 
     def threads(self) -> int:
         """Threads for llama.cpp: ``CPU_CORES`` (set by Spaces), else the cores this process may use."""

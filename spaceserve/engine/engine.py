@@ -14,7 +14,7 @@ from .chat_format import ChatFormat, resolve_chat_format
 from .model import ContextShape, LoadedModel
 from .scheduler import Scheduler
 from .source import resolve_model_path
-from .types import EngineInfo, Event, Failed, Finished, GenerationRequest
+from .types import EngineInfo, Event, Failed, Finished, GenerationRequest, ThreadUse
 
 log = logging.getLogger("spaceserve.engine")
 
@@ -69,12 +69,17 @@ class LlamaEngine:
         *,
         parse_special_in_prompt: bool = False,
         draft_max: int = 0,
+        adaptive_threads: bool = False,
     ) -> None:
         self.model = model
         self.chat_format = chat_format
         self.parse_special_in_prompt = parse_special_in_prompt
         self.scheduler = Scheduler(
-            model, max_queue=max_queue, end_tokens=end_tokens(model, chat_format), draft_max=draft_max
+            model,
+            max_queue=max_queue,
+            end_tokens=end_tokens(model, chat_format),
+            draft_max=draft_max,
+            adaptive_threads=adaptive_threads,
         )
         self.info = EngineInfo(
             model_id=model_id,
@@ -129,6 +134,7 @@ class LlamaEngine:
             settings.max_queue,
             parse_special_in_prompt=settings.parse_special_in_prompt,
             draft_max=settings.speculative_draft_max if settings.speculative else 0,
+            adaptive_threads=settings.adaptive_threads,
         )
 
     @property
@@ -138,6 +144,12 @@ class LlamaEngine:
     @property
     def queued(self) -> int:
         return self.scheduler.queued
+
+    def thread_use(self) -> ThreadUse:
+        tuner = self.scheduler.tuner
+        if tuner is None:
+            return ThreadUse(self.scheduler.threads)
+        return ThreadUse(self.scheduler.threads, tuner.probes, tuner.switches)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Control tokens come from the template's markup only, never from what a message says."""

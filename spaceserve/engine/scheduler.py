@@ -27,6 +27,7 @@ from .lookup import NgramLookup
 from .model import LoadedModel
 from .sampling import Sampler, log_probs, raw_logits
 from .text import TextStream
+from .threads import ThreadTuner
 from .types import Failed, Finished, FinishReason, GenerationRequest, TextDelta, TokenLogprob
 
 log = logging.getLogger("spaceserve.scheduler")
@@ -84,7 +85,15 @@ class QueueFull(RateLimited):
 
 
 class Scheduler:
-    def __init__(self, model: LoadedModel, *, max_queue: int, end_tokens: set[int], draft_max: int = 0) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_queue: int,
+        end_tokens: set[int],
+        draft_max: int = 0,
+        adaptive_threads: bool = False,
+    ) -> None:
         self.model = model
         self.max_queue = max_queue
         self.end_tokens = end_tokens
@@ -96,6 +105,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._batch = llama_cpp.llama_batch_init(model.shape.batch, 0, 1)
         self._avg_request_s = 5.0  # moving average, for Retry-After
+        self.threads = model.shape.threads  # what the last step ran with
+        self.tuner = ThreadTuner(model.shape.threads) if adaptive_threads else None
 
     # -- called from the event loop -------------------------------------------------------
 
@@ -277,10 +288,25 @@ class Scheduler:
         filled = self._fill_batch()
         if filled is None:
             return
-        rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
+        rc = self._decode(prefill=bool(filled[1]))
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         self._sample(*filled)
+
+    def _decode(self, prefill: bool) -> int:
+        """``llama_decode`` the batch. A batch with prompt tokens runs with every thread (prompt
+        processing is compute-bound: on 2 vCPU beside a busy process one thread was no faster); a
+        decode-only batch with the count the tuner chooses, and its time goes back to the tuner."""
+        tuner = None if prefill else self.tuner
+        threads = tuner.next_step() if tuner is not None else self.model.shape.threads
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self.model.ctx, threads, threads)
+            self.threads = threads
+        started = time.perf_counter()
+        rc = int(llama_cpp.llama_decode(self.model.ctx, self._batch))
+        if tuner is not None:
+            tuner.record(threads, self._batch.n_tokens, time.perf_counter() - started)
+        return rc
 
     def _retire(self) -> None:
         """Free the slots whose client left and end the ones past their deadline."""

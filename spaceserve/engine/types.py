@@ -101,6 +101,13 @@ class GenerationRequest:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class ThreadUse:
+    now: int  # threads the last engine step ran with
+    probes: int = 0  # times a neighbouring thread count was measured (ADAPTIVE_THREADS)
+    switches: int = 0  # times it was faster and became the current count
+
+
 class Engine(Protocol):
     """What the serving layer needs; the llama.cpp engine and unit-test fakes both provide it.
 
@@ -121,6 +128,8 @@ class Engine(Protocol):
 
     @property
     def queued(self) -> int: ...
+
+    def thread_use(self) -> ThreadUse: ...
 
     def warm_up(self) -> None: ...
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..base.errors import Misconfigured, ServiceUnavailable
 from ..engine.source import ModelSourceError
@@ -122,3 +122,15 @@ class RuntimeCollector:
             yield GaugeMetricFamily("spaceserve_slots", "sequences the engine can run at once", engine.info.slots)
             yield GaugeMetricFamily("spaceserve_active_sequences", "sequences being generated now", engine.active)
             yield GaugeMetricFamily("spaceserve_queue_depth", "requests waiting for a free slot", engine.queued)
+            threads = engine.thread_use()
+            yield GaugeMetricFamily("spaceserve_decode_threads", "threads the last engine step ran with", threads.now)
+            yield CounterMetricFamily(
+                "spaceserve_thread_probes",
+                "times the engine measured a neighbouring thread count (ADAPTIVE_THREADS)",
+                threads.probes,
+            )
+            yield CounterMetricFamily(
+                "spaceserve_thread_switches",
+                "times a neighbouring thread count was faster and became the current one",
+                threads.switches,
+            )
