@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements*.txt | sha256sum | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint format typecheck bench bench-kv bench-grammar loadtest soak fuzz clean lint-docker container-check publish
+.PHONY: install run test test-slow test-all lint format typecheck bench bench-deps bench-compare bench-site bench-contention bench-kv bench-grammar loadtest soak fuzz clean lint-docker container-check publish
 
 install: $(STAMP)
 
@@ -40,16 +40,32 @@ format: install
 typecheck: install
 	$(PY) -m mypy
 
-# This server against llama-cpp-python's server and llama-server (built once from the same llama.cpp,
-# cached in ~/.cache/spaceserve-bench/), side by side; prints one table. ARGS="--model x.gguf --rounds 5".
-bench: install
-	$(PY) -m pip install --quiet -r requirements-bench.txt
-	$(PY) -m bench.compare $(ARGS)
+# This server against llama.cpp's llama-server (built once from the same llama.cpp, cached in
+# ~/.cache/spaceserve-bench/ with the synthetic 1.3B of bench/synthetic.py), side by side; each part
+# prints one table (docs/performance.md). About 80 minutes on 2 vCPU; run a part alone with its target.
+bench: bench-compare bench-site bench-contention
 
-# KV cache layouts on the synthetic 1.3B (bench/synthetic.py builds it once), and what a
-# structured-output request costs the streams beside it; each prints one table.
-bench-kv: install
+bench-deps: install
 	$(PY) -m pip install --quiet -r requirements-bench.txt
+
+# Decode at 1/4/8 streams, a 3,000-token prompt, a follow-up on a 2,500-token system prompt, memory
+# with one 15,000-token stream: the synthetic 1.3B at the primary template's layout.
+bench-compare: bench-deps
+	$(PY) -m bench.compare --model synthetic $(ARGS)
+
+# The site generator's new page / follow-up / edit: on the embedded model (real text, so speculation
+# is measured), then on the synthetic 1.3B (production-size speed).
+bench-site: bench-deps
+	$(PY) -m bench.site $(ARGS)
+	$(PY) -m bench.site --model synthetic --servers ours,llama-server --rounds 1 $(ARGS)
+
+# Beside a busy process, as on a shared host.
+bench-contention: bench-deps
+	$(PY) -m bench.contention $(ARGS)
+
+# KV cache layouts on the synthetic 1.3B, and what a structured-output request costs the streams
+# beside it; each prints one table.
+bench-kv: bench-deps
 	$(PY) -m bench.kv_layout $(ARGS)
 
 bench-grammar: install

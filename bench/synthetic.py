@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from .llama_server import CACHE
+from .servers import QUANTISED_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 SYNTH_SCRIPT = REPO.parent / "shared" / "tools" / "synth_gguf.py"
-QUANTISED = CACHE / "deepseek-coder-1.3b-shape.Q4_K_M.gguf"
+QUANTISED = CACHE / QUANTISED_NAME
 
 
 def synthetic_model() -> Path:

@@ -19,6 +19,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from bench.prompts import EDIT_RULES, rules
+from bench.prompts import page_kb as page
+
 from ..support.servers import REPO, ServerProcess
 from .test_errors import assert_openai_error
 
@@ -26,53 +29,6 @@ KEY = "sk-site-generator-test"
 SERVED = "deepseek-coder-1.3b-instruct"  # MODEL_ID of the primary template
 PROVIDER_MODEL = "deepseek-ai/DeepSeek-V3-0324:novita"
 JS_DIR = REPO / "tests" / "support" / "js"
-
-RULE_TOPICS = (
-    "Use TailwindCSS from its CDN for every style; never write a <style> block unless asked.",
-    "Answer with one complete HTML document, from <!DOCTYPE html> to </html>, and nothing else.",
-    "Every image is a placeholder from a free image service, with width, height and alt text.",
-    "Use semantic landmarks: header, nav, main, section, article, aside and footer where they fit.",
-    "Interactive parts use small vanilla JavaScript at the end of the body; no frameworks.",
-    "Make it responsive: mobile first, with md: and lg: breakpoints for wider screens.",
-    "Keep colour contrast at WCAG AA or better; label every form field and button.",
-)
-EDIT_RULES = (
-    "To edit, answer with blocks of the form <<<<<<< SEARCH, the exact lines to find, =======, "
-    "the lines that replace them, >>>>>>> REPLACE. The SEARCH part must match the page byte for byte. "
-)
-
-
-def rules(length: int, extra: str = "") -> str:
-    text = "You are an expert web developer who builds whole sites from one request. " + extra
-    n = 0
-    while len(text) < length:
-        text += f"Rule {n + 1}: {RULE_TOPICS[n % len(RULE_TOPICS)]} "
-        n += 1
-    return text[:length]
-
-
-def page(kilobytes: int) -> str:
-    """A Tailwind landing page of about ``kilobytes`` KB, like the pages the generator edits."""
-    sections = []
-    n = 0
-    while sum(len(s) for s in sections) < kilobytes * 1000:
-        sections.append(
-            f'<section id="feature-{n}" class="py-16 px-6 md:px-12 bg-white odd:bg-slate-50">\n'
-            f'  <h2 class="text-3xl font-bold text-slate-900 mb-4">Feature {n}: fresh bread every morning</h2>\n'
-            f'  <p class="text-lg text-slate-600 leading-relaxed">Our bakers start at four so that loaf number {n} '
-            "is still warm when you arrive. Sourdough, rye and brioche, baked in a stone oven.</p>\n"
-            f'  <img src="https://picsum.photos/seed/{n}/640/360" alt="Loaf {n}" width="640" height="360" '
-            'class="rounded-xl shadow-lg mt-6">\n'
-            f'  <a href="#order" class="inline-block mt-6 px-5 py-3 rounded-lg bg-amber-600 text-white">Order {n}</a>\n'
-            "</section>\n"
-        )
-        n += 1
-    body = "".join(sections)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Bakery</title>\n'
-        '<script src="https://cdn.tailwindcss.com"></script>\n</head>\n<body class="font-sans">\n'
-        f"{body}</body>\n</html>\n"
-    )
 
 
 def edit_messages(kilobytes: int) -> list[dict[str, str]]:
