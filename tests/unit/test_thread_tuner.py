@@ -22,7 +22,7 @@ def quiet(threads: int, rows: int) -> float:
 
 
 def contended(threads: int, rows: int) -> float:
-    return 0.025 if threads > 1 else 0.012  # a busy neighbour: one thread faster
+    return 2.5 * quiet(threads, rows) if threads > 1 else quiet(2, rows)  # a busy neighbour: one thread faster
 
 
 def test_quiet_machine_keeps_every_thread_and_probes_only_a_few_steps() -> None:
@@ -41,6 +41,25 @@ def test_contention_moves_to_fewer_threads_and_back_when_it_ends() -> None:
     assert tuner.current == 1  # probes of two threads keep losing
     drive(tuner, 40, quiet, lambda i: 4)
     assert tuner.current == 2 and tuner.switches == 2
+
+
+def test_a_sudden_slowdown_probes_at_once_instead_of_waiting_for_the_period() -> None:
+    tuner = ThreadTuner(2, probe_every=1000, probe_pairs=3)
+    drive(tuner, 50, quiet, lambda i: 4)
+    assert tuner.probes == 0
+    used = drive(tuner, 4 + 6, contended, lambda i: 4)  # four slow steps, then a probe of three pairs
+    assert tuner.probes == 1 and tuner.current == 1
+    assert used[4:] == [2, 1] * 3
+    # Below the full count it looks again a quarter as often, and goes back once the neighbour left.
+    drive(tuner, 250 + 6, quiet, lambda i: 4)
+    assert tuner.current == 2
+
+
+def test_a_lasting_slowdown_that_fewer_threads_do_not_help_does_not_probe_every_step() -> None:
+    tuner = ThreadTuner(2, probe_every=1000, probe_pairs=3)
+    drive(tuner, 20, lambda threads, rows: 0.010, lambda i: 1)
+    drive(tuner, 200, lambda threads, rows: 0.020 if threads == 2 else 0.030, lambda i: 1)
+    assert tuner.probes == 1 and tuner.current == 2
 
 
 def test_steps_of_different_batch_sizes_are_not_compared() -> None:
