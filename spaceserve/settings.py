@@ -201,9 +201,9 @@ class ModelSettings(CommonSettings):
     # Text completions: read control-token texts (``<start_of_turn>``) in a prompt as control tokens.
     parse_special_in_prompt: bool = False
     # Speculative decoding from the request's own tokens (docs/performance.md): when the reply's
-    # last tokens occurred before, verify up to SPECULATIVE_DRAFT_MAX of the tokens that followed.
+    # last 12 tokens occurred before, verify up to SPECULATIVE_DRAFT_MAX of the tokens that followed.
     speculative: bool = True
-    speculative_draft_max: int = Field(default=8, ge=1, le=64)
+    speculative_draft_max: int = Field(default=48, ge=1, le=128)
     # Run each step with the number of threads (1..CPU_CORES) that is faster now, re-measured every
     # 128 steps: fewer when another process takes CPU time (spaceserve/engine/threads.py).
     adaptive_threads: bool = True

@@ -39,6 +39,10 @@ MIN_COPY_GAIN = 32
 # A draft row costs nearly a token's compute on a CPU (bench.draft_cost): a request whose drafts are
 # mostly rejected stops drafting once it has this many behind it and under half were accepted.
 DRAFT_PROBATION = 32
+# A copy, once it starts, tends to go on: the first draft is this long, and each next one twice as
+# long as what the model accepted of the last (at least MIN_DRAFT), up to SPECULATIVE_DRAFT_MAX.
+FIRST_DRAFT = 16
+MIN_DRAFT = 4
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -74,6 +78,7 @@ class Slot:
     draft: list[int] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
+    draft_len: int = FIRST_DRAFT  # the next draft's length: twice what the last one had accepted
 
     @property
     def busy(self) -> bool:
@@ -251,6 +256,7 @@ class Scheduler:
         slot.lookup = NgramLookup(prompt) if self.draft_max > 0 else None
         slot.draft = []
         slot.drafted = slot.accepted = 0
+        slot.draft_len = FIRST_DRAFT
         slot.started_at = time.monotonic()
         slot.first_token_at = 0.0
 
@@ -377,6 +383,7 @@ class Scheduler:
             return []  # its drafts do not pay for themselves
         limit = min(
             self.draft_max,
+            slot.draft_len,
             spare,
             slot.request.max_tokens - slot.generated - 1,
             self.model.shape.per_slot - len(slot.cached) - 2,
@@ -408,6 +415,7 @@ class Scheduler:
         slot.draft = []
         stored = len(slot.cached) + len(draft)  # KV cells the decode filled for this sequence
         slot.drafted += len(draft)
+        accepted = slot.accepted
         for i in range(len(draft) + 1):
             assert slot.sampler is not None
             slot.batch_index = first + i
@@ -417,6 +425,8 @@ class Scheduler:
                 break
             slot.cached.append(token)  # the draft token's KV is the true prefix now
             slot.accepted += 1
+        if draft:
+            slot.draft_len = max(MIN_DRAFT, 2 * (slot.accepted - accepted))
         if len(slot.cached) < stored:
             self._drop_rejected(slot)
 

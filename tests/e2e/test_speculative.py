@@ -43,6 +43,10 @@ CODE = """def total(prices, discount):
         subtotal = subtotal * (1 - discount)
     return round(subtotal, 2)
 """
+ABOUT = (
+    "Harbour Bakery bakes sourdough, rye and spelt loaves every morning from six o'clock and sells lemon "
+    "drizzle, carrot cake and a chocolate torte on weekends at 12 Quay Street"
+)
 # Edits: answers that copy long spans of the prompt, as a site generator's edit requests do.
 EDITS = [
     f"Here is my page:\n\n{PAGE}\nRepeat the whole page exactly, changing only the title to 'Quay Bakery'.",
@@ -176,17 +180,18 @@ def test_logprobs_with_drafts_cover_every_token(spec_on: ServerProcess, without_
 
 
 def test_a_grammar_with_drafts_still_holds(spec_on: ServerProcess) -> None:
-    """Drafts copied from the prompt pass through the grammar like sampled tokens. (The text is not
-    compared with the non-speculative one: this small model loops through near-ties here.)"""
+    """Drafts copied from the prompt pass through the grammar like sampled tokens: the schema
+    forces a long sentence that the prompt holds, so once 12 of its tokens are out the rest is
+    drafted from the prompt and each draft token is checked by the grammar sampler."""
     schema = {
         "type": "object",
-        "properties": {"breads": {"type": "array", "items": {"type": "string"}, "maxItems": 4}},
-        "required": ["breads"],
+        "properties": {"about": {"type": "string", "enum": [ABOUT]}},
+        "required": ["about"],
+        "additionalProperties": False,
     }
-    prompt = f"Here is my page:\n\n{PAGE}\nList the breads on the page, with their prices, as JSON."
-    response_format = {"type": "json_schema", "json_schema": {"name": "breads", "schema": schema, "strict": True}}
+    prompt = f"Our bakery in one sentence: {ABOUT}. Put that sentence in JSON."
+    response_format = {"type": "json_schema", "json_schema": {"name": "about", "schema": schema, "strict": True}}
     reply = edit(spec_on, prompt, max_tokens=200, response_format=response_format)
     assert reply["choices"][0]["finish_reason"] == "stop"
-    value = json.loads(text(reply))
-    assert len(value["breads"]) <= 4 and all(isinstance(b, str) for b in value["breads"])
+    assert json.loads(text(reply)) == {"about": ABOUT}
     assert reply["timings"]["draft_n_accepted"] > 0

@@ -6,7 +6,7 @@ from spaceserve.engine.lookup import NgramLookup
 
 
 def test_draft_is_what_followed_the_tail_before() -> None:
-    lookup = NgramLookup([1, 2, 3, 4, 5, 6, 9, 2, 3])
+    lookup = NgramLookup([1, 2, 3, 4, 5, 6, 9, 2, 3], ngram_max=3, ngram_min=2)
     assert lookup.draft(3) == [4, 5, 6]
     assert lookup.draft(1) == [4]
     assert lookup.draft(0) == []
@@ -14,23 +14,23 @@ def test_draft_is_what_followed_the_tail_before() -> None:
 
 def test_the_longest_matching_tail_wins_over_a_later_shorter_one() -> None:
     # "2 3" last occurred before 8, but "1 2 3" (longer) before 4.
-    lookup = NgramLookup([1, 2, 3, 4, 4, 2, 3, 8, 7, 1, 2, 3])
+    lookup = NgramLookup([1, 2, 3, 4, 4, 2, 3, 8, 7, 1, 2, 3], ngram_max=3, ngram_min=2)
     assert lookup.draft(2) == [4, 4]
 
 
 def test_the_latest_occurrence_of_a_tail_is_used() -> None:
-    lookup = NgramLookup([5, 6, 1, 5, 6, 2, 0, 5, 6])
+    lookup = NgramLookup([5, 6, 1, 5, 6, 2, 0, 5, 6], ngram_max=3, ngram_min=2)
     assert lookup.draft(4) == [2, 0, 5, 6]
 
 
 def test_no_draft_without_an_earlier_occurrence_or_for_a_single_token() -> None:
-    assert NgramLookup([1, 2, 3, 4]).draft(4) == []
-    assert NgramLookup([7, 1, 9, 7]).draft(4) == []  # only "7" matches: too weak a guess
-    assert NgramLookup([]).draft(4) == []
+    assert NgramLookup([1, 2, 3, 4], ngram_max=3, ngram_min=2).draft(4) == []
+    assert NgramLookup([7, 1, 9, 7], ngram_max=3, ngram_min=2).draft(4) == []  # only "7" matches: too weak a guess
+    assert NgramLookup([], ngram_max=3, ngram_min=2).draft(4) == []
 
 
 def test_added_tokens_extend_the_history_and_the_draft_stops_at_its_end() -> None:
-    lookup = NgramLookup([10, 11, 12, 13])
+    lookup = NgramLookup([10, 11, 12, 13], ngram_max=3, ngram_min=2)
     assert lookup.draft(8) == []
     lookup.add(10)
     lookup.add(11)
@@ -40,8 +40,16 @@ def test_added_tokens_extend_the_history_and_the_draft_stops_at_its_end() -> Non
 
 
 def test_a_repeating_run_drafts_itself() -> None:
-    lookup = NgramLookup([4, 4, 4])
+    lookup = NgramLookup([4, 4, 4], ngram_max=3, ngram_min=2)
     assert lookup.draft(5) == [4]
+
+
+def test_by_default_only_a_twelve_token_tail_seen_before_starts_a_draft() -> None:
+    page = list(range(100, 140))
+    lookup = NgramLookup([*page, 7, *page[:11]])
+    assert lookup.draft(8) == []  # 11 tokens of the page: not yet a copy
+    lookup.add(page[11])
+    assert lookup.draft(8) == page[12:20]
 
 
 def test_a_request_whose_drafts_are_mostly_rejected_stops_drafting() -> None:
@@ -52,7 +60,11 @@ def test_a_request_whose_drafts_are_mostly_rejected_stops_drafting() -> None:
     from spaceserve.engine.types import GenerationRequest
 
     owner = SimpleNamespace(draft_max=8, model=SimpleNamespace(shape=SimpleNamespace(per_slot=4096)))
-    slot = Slot(0, request=GenerationRequest(prompt=[1], max_tokens=1000), lookup=NgramLookup([1, 2, 3, 4, 1, 2]))
+    slot = Slot(
+        0,
+        request=GenerationRequest(prompt=[1], max_tokens=1000),
+        lookup=NgramLookup([1, 2, 3, 4, 1, 2], ngram_max=3, ngram_min=2),
+    )
     assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]
     slot.drafted, slot.accepted = DRAFT_PROBATION, DRAFT_PROBATION // 2
     assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]  # half accepted: still pays
