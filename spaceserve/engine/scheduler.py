@@ -37,8 +37,10 @@ IDLE_WAIT = 0.25  # seconds the loop sleeps when idle before checking deadlines 
 # tokens, evaluating them again is cheaper.
 MIN_COPY_GAIN = 32
 # A draft row costs nearly a token's compute on a CPU (bench.draft_cost): a request whose drafts are
-# mostly rejected stops drafting once it has this many behind it and under half were accepted.
-DRAFT_PROBATION = 32
+# mostly rejected stops drafting once it has this many draft tokens behind it and under a quarter
+# were accepted. (After a rejection the next draft is short, so a few misses cost little; one miss
+# in a long draft must not end drafting for a whole edit.)
+DRAFT_PROBATION = 96
 # A copy, once it starts, tends to go on: the first draft is this long, and each next one twice as
 # long as what the model accepted of the last (at least MIN_DRAFT), up to SPECULATIVE_DRAFT_MAX.
 FIRST_DRAFT = 16
@@ -379,7 +381,7 @@ class Scheduler:
         context or the batch, so they stay inside the slot's KV reservation."""
         if slot.lookup is None or slot.request is None:
             return []
-        if slot.drafted >= DRAFT_PROBATION and 2 * slot.accepted < slot.drafted:
+        if slot.drafted >= DRAFT_PROBATION and 4 * slot.accepted < slot.drafted:
             return []  # its drafts do not pay for themselves
         limit = min(
             self.draft_max,

@@ -4,14 +4,14 @@ llama.cpp's worker threads wait for each other at every operation of a step. On 
 every core is worth a thread; when something else takes CPU time (a busy neighbour on a shared
 host), one thread loses its turn and the others wait for it, so a step with fewer threads finishes
 sooner (measured with bench.contention on 2 vCPU beside one busy process: 2 threads fell to
-0.30-0.46x of their quiet rate, 1 thread kept 0.98x). The tuner keeps the count that is faster
+0.3-0.5x of their quiet rate, 1 thread kept 0.9-1.0x). The tuner keeps the count that is faster
 *now*: a probe interleaves ``probe_pairs`` steps at a neighbouring count with steps at the current
 one, compares pairs of equal batch size, and moves when the neighbour was faster by ``margin`` in
 total and in all but one pair. A probe runs every ``probe_every`` steps (a quarter of that below
 the full count, to notice when the neighbour has gone) and at once when four steps in a row took
-``slowdown`` times their usual time. Its cost is its few steps at the other count (about 2 % on a
-quiet machine). Only decode steps are tuned; the scheduler runs steps that carry prompt tokens with
-every thread.
+``slowdown`` times their usual time (learnt again after each probe, from at least 8 steps). Its
+cost is its few steps at the other count. Only decode steps are tuned; the scheduler runs steps
+that carry prompt tokens with every thread.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 SLOW_STEPS = 4
+LEARN_STEPS = 8  # steps of a batch size seen since the last probe before their usual time counts
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ThreadTuner:
     _direction: int = -1
     _plan: list[int] = field(default_factory=list)
     _seen: list[tuple[int, int, float]] = field(default_factory=list)  # (threads, rows, seconds) of a probe
-    _usual: dict[int, float] = field(default_factory=dict)  # rows -> usual step seconds at the current count
+    _usual: dict[int, tuple[int, float]] = field(default_factory=dict)  # rows -> (steps seen, usual seconds)
     _slow: deque[bool] = field(default_factory=lambda: deque(maxlen=SLOW_STEPS))
 
     def __post_init__(self) -> None:
@@ -58,9 +59,9 @@ class ThreadTuner:
                 self._decide()
             return
         self._since_probe += 1
-        usual = self._usual.get(rows)
-        self._slow.append(usual is not None and seconds > usual * self.slowdown)
-        self._usual[rows] = seconds if usual is None else 0.9 * usual + 0.1 * seconds
+        seen, usual = self._usual.get(rows, (0, seconds))
+        self._slow.append(seen >= LEARN_STEPS and seconds > usual * self.slowdown)
+        self._usual[rows] = (seen + 1, 0.9 * usual + 0.1 * seconds)
 
     def _probe_due(self) -> bool:
         every = self.probe_every if self.current == self.max_threads else self.probe_every // 4

@@ -66,7 +66,7 @@ def test_a_request_whose_drafts_are_mostly_rejected_stops_drafting() -> None:
         lookup=NgramLookup([1, 2, 3, 4, 1, 2], ngram_max=3, ngram_min=2),
     )
     assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]
-    slot.drafted, slot.accepted = DRAFT_PROBATION, DRAFT_PROBATION // 2
-    assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]  # half accepted: still pays
+    slot.drafted, slot.accepted = DRAFT_PROBATION, DRAFT_PROBATION // 4
+    assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]  # a quarter: still drafts
     slot.accepted -= 1
     assert Scheduler._draft(owner, slot, 100) == []  # type: ignore[arg-type]
