@@ -302,9 +302,10 @@ class Scheduler:
         self._sample(*filled)
 
     def _decode(self, prefill: bool) -> int:
-        """``llama_decode`` the batch. A batch with prompt tokens runs with every thread (prompt
-        processing is compute-bound: on 2 vCPU beside a busy process one thread was no faster); a
-        decode-only batch with the count the tuner chooses, and its time goes back to the tuner."""
+        """``llama_decode`` the batch. A batch with prompt tokens runs with every thread (on 2 vCPU one
+        thread prefilled half as fast when quiet and only 8-21 % faster beside a busy process, and a
+        prompt step is too long to probe cheaply); a decode-only batch with the count the tuner
+        chooses, and its time goes back to the tuner."""
         tuner = None if prefill else self.tuner
         threads = tuner.next_step() if tuner is not None else self.model.shape.threads
         if threads != self.threads:
