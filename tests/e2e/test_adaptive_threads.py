@@ -13,7 +13,7 @@ from ..support.servers import MODEL_ID, ServerProcess
 from .test_metrics_and_limits import scrape
 
 PROMPT = "1, 2, 3, 4, 5, 6,"
-TOKENS = 300  # more than two probe periods of 128 steps
+TOKENS = 560  # more than two probe periods of 256 steps
 
 
 @pytest.fixture(scope="module")
