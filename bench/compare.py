@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.client import client, stream
 from bench.prompts import rules, sized
-from bench.servers import REPO, Layout, Server, cpu_name, make_servers, resolve_model, start_all
+from bench.servers import REPO, Layout, Server, cpu_name, resolve_model, run_servers
 
 TOKENS = 128
 CONCURRENCY = (1, 4, 8)
@@ -213,6 +213,17 @@ def table(results: dict[str, dict[str, float]], reference: str, rows: list[tuple
     return "\n".join(lines)
 
 
+def report(
+    title: str, results: dict[str, dict[str, float]], names: list[str], rows: list[tuple[str, str, str]], out: Path
+) -> None:
+    """Print the table of ``results`` (ratios to the first of ours, else the first server) under
+    ``title`` with the machine and date, and keep the figures as JSON in ``out``."""
+    reference = next((n for n in names if n.startswith("ours")), names[0])
+    print(f"\n{title}; {cpu_name()}; {time.strftime('%Y-%m-%d')}\n")
+    print(table(results, reference, rows))
+    out.write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded, synthetic or a GGUF path")
@@ -236,21 +247,15 @@ def main() -> None:
     long = args.long if args.long is not None else (15000 if synthetic else 0)
     prompts = Prompts(model)
     names = args.servers.split(",")
-    running: list[Server] = []
-    try:
-        running = start_all(make_servers(names, model, layout), args.out)
-        results = asyncio.run(run_rounds(running, prompts, args.rounds, long))
-    finally:
-        for server in running:
-            server.stop()
-    reference = next((n for n in names if n.startswith("ours")), names[0])
-    print(
-        f"\nmodel {model.name}, {layout.threads} threads, {layout.slots} slots, {layout.context} tokens per "
-        f"request, KV cache {layout.kv_tokens} tokens{' shared' if layout.kv_pool else ''}, {TOKENS} tokens "
-        f"per stream, median of {args.rounds} rounds; {cpu_name()}; {time.strftime('%Y-%m-%d')}\n"
+    results = run_servers(
+        names, model, layout, args.out, lambda running: run_rounds(running, prompts, args.rounds, long)
     )
-    print(table(results, reference))
-    (args.out / f"compare-{model.stem}.json").write_text(json.dumps(results, indent=2))
+    title = (
+        f"model {model.name}, {layout.threads} threads, {layout.slots} slots, {layout.context} tokens per "
+        f"request, KV cache {layout.kv_tokens} tokens{' shared' if layout.kv_pool else ''}, {TOKENS} tokens "
+        f"per stream, median of {args.rounds} rounds"
+    )
+    report(title, results, names, ROWS, args.out / f"compare-{model.stem}.json")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 
 from bench.client import client
-from bench.compare import Prompts, complete, streams, table
-from bench.servers import REPO, Layout, Server, cpu_name, make_servers, resolve_model, start_all
+from bench.compare import Prompts, complete, report, streams
+from bench.servers import REPO, Layout, Server, resolve_model, run_servers
 
 SCENARIOS = ("prefill_tok_s", "c1_tok_s", "c4_tok_s")
 
@@ -94,19 +92,12 @@ def main() -> None:
     layout = Layout(threads=args.threads, slots=8, context=4096)
     prompts = Prompts(model)
     names = args.servers.split(",")
-    running: list[Server] = []
-    try:
-        running = start_all(make_servers(names, model, layout), args.out)
-        results = asyncio.run(run_rounds(running, prompts, args.rounds))
-    finally:
-        for server in running:
-            server.stop()
-    print(
-        f"\ncompeting CPU load on {model.name}: one busy process beside the server; {layout.threads} threads, "
-        f"8 slots, median of {args.rounds} rounds; {cpu_name()}; {time.strftime('%Y-%m-%d')}\n"
+    results = run_servers(names, model, layout, args.out, lambda running: run_rounds(running, prompts, args.rounds))
+    title = (
+        f"competing CPU load on {model.name}: one busy process beside the server; {layout.threads} threads, "
+        f"8 slots, median of {args.rounds} rounds"
     )
-    print(table(results, names[0], ROWS))
-    (args.out / f"contention-{model.stem}.json").write_text(json.dumps(results, indent=2))
+    report(title, results, names, ROWS, args.out / f"contention-{model.stem}.json")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ A server is named by what it is and how it runs:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -191,6 +194,23 @@ def start_all(servers: list[Server], log_dir: Path) -> list[Server]:
             print(f"-- {server.name}: skipped ({exc})", file=sys.stderr, flush=True)
             server.stop()
     return running
+
+
+def run_servers(
+    names: list[str],
+    model: Path,
+    layout: Layout,
+    log_dir: Path,
+    run: Callable[[list[Server]], Coroutine[Any, Any, Any]],
+) -> Any:
+    """Start the named servers, run ``run`` on those that came up, and stop them whatever happens."""
+    running: list[Server] = []
+    try:
+        running = start_all(make_servers(names, model, layout), log_dir)
+        return asyncio.run(run(running))
+    finally:
+        for server in running:
+            server.stop()
 
 
 def resolve_model(name: str | None) -> Path:

@@ -24,19 +24,16 @@ synthetic 1.3B (random weights) the speeds are the production size's.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.client import Run, client, stream
-from bench.compare import table
+from bench.compare import report
 from bench.prompts import EDIT_RULES, page, rules, sized
-from bench.servers import REPO, Layout, Server, cpu_name, make_servers, resolve_model, start_all
+from bench.servers import REPO, Layout, Server, resolve_model, run_servers
 
 SYSTEM_TOKENS = 2500
 PAGE_TOKENS = 3000
@@ -172,20 +169,12 @@ def main() -> None:
     layout = Layout(threads=args.threads, slots=8, context=16384, kv_pool=32768)
     work = Workload(model, args.new_tokens, args.edit_tokens)
     names = args.servers.split(",")
-    running: list[Server] = []
-    try:
-        running = start_all(make_servers(names, model, layout), args.out)
-        results = asyncio.run(run_rounds(running, work, args.rounds))
-    finally:
-        for server in running:
-            server.stop()
-    print(
-        f"\nsite generator on {model.name}, {layout.threads} threads, primary layout (8 slots, 16,384 tokens per "
-        f"request, 32,768-token KV pool), temperature 0, median of {args.rounds} rounds; {cpu_name()}; "
-        f"{time.strftime('%Y-%m-%d')}\n"
+    results = run_servers(names, model, layout, args.out, lambda running: run_rounds(running, work, args.rounds))
+    title = (
+        f"site generator on {model.name}, {layout.threads} threads, primary layout (8 slots, 16,384 tokens per "
+        f"request, 32,768-token KV pool), temperature 0, median of {args.rounds} rounds"
     )
-    print(table(results, names[0], ROWS))
-    (args.out / f"site-{model.stem}.json").write_text(json.dumps(results, indent=2))
+    report(title, results, names, ROWS, args.out / f"site-{model.stem}.json")
 
 
 if __name__ == "__main__":
