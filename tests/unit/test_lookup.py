@@ -70,3 +70,27 @@ def test_a_request_whose_drafts_are_mostly_rejected_stops_drafting() -> None:
     assert Scheduler._draft(owner, slot, 100) == [3, 4, 1, 2]  # type: ignore[arg-type]  # a quarter: still drafts
     slot.accepted -= 1
     assert Scheduler._draft(owner, slot, 100) == []  # type: ignore[arg-type]
+
+
+def test_a_copy_goes_on_from_where_it_started_not_from_a_later_look_alike() -> None:
+    # Two cards of the same markup, a name (9, 8) at the start and a different token after each
+    # (10, 20). The reply copies card one: past its name, "4 5 6" last occurred in card two, but
+    # the copy started in card one goes on there, to 10.
+    card_one, card_two = [1, 2, 9, 4, 5, 6, 7, 10], [1, 2, 8, 4, 5, 6, 7, 20]
+    lookup = NgramLookup([*card_one, *card_two, 0, 1, 2, 9], ngram_max=3, ngram_min=2)
+    assert lookup.draft(3) == [4, 5, 6]  # "2 9" occurred only in card one
+    for token in (4, 5, 6):
+        lookup.add(token)
+    assert lookup.draft(2) == [7, 10]  # not card two's [7, 20]
+    assert NgramLookup([*card_one, *card_two, 0, 1, 2, 9, 4, 5, 6], ngram_max=3, ngram_min=2).draft(2) == [7, 20]
+
+
+def test_a_copy_that_stops_matching_is_dropped() -> None:
+    lookup = NgramLookup([1, 2, 3, 4, 5, 6, 1, 2], ngram_max=3, ngram_min=2)
+    assert lookup.draft(2) == [3, 4]
+    lookup.add(3)
+    lookup.add(7)  # not the 4 the copy expected
+    assert lookup.draft(4) == []  # "3 7" occurred nowhere before
+    lookup.add(5)
+    lookup.add(6)
+    assert lookup.draft(2) == [1, 2]  # "5 6" is found afresh
