@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements*.txt | sha256sum | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint format typecheck bench bench-deps bench-compare bench-site bench-contention bench-kv bench-grammar loadtest soak fuzz clean lint-docker container-check publish
+.PHONY: install run test test-slow test-all lint format typecheck bench bench-deps bench-compare bench-site bench-contention bench-kv bench-grammar bench-lookup loadtest soak fuzz clean lint-docker container-check publish
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-kv: bench-deps
 
 bench-grammar: install
 	$(PY) -m bench.grammar_cost $(ARGS)
+
+# What speculation drafts and keeps on a whole-page copy of bench.site's page, replayed through the
+# lookup without a model (seconds).
+bench-lookup: install
+	$(PY) -m bench.lookup_replay $(ARGS)
 
 # Load tests: the server on the embedded model on a loopback port, locust headless; CSVs and a summary
 # under artifacts/loadtest/. Exit status 1 on any failed request (soak: also on growing memory).

@@ -9,8 +9,8 @@ Once a draft is taken from a place, the copy goes on from that same place for as
 keeps matching it, whatever a later occurrence of the tail says. A page repeats its structure
 (cards, sections, list items of the same markup): the latest occurrence of a 12-token tail of
 markup is then usually another card, whose names and numbers differ, while the reply is copying
-this one. On a whole-page copy of bench.site's page, replayed through the lookup, this took the
-share of drafts accepted from 65 % to 99 %.
+this one. On a whole-page copy of bench.site's page (``python -m bench.lookup_replay``) this took
+the share of drafts accepted from 65 % to 100 %, and the rows decoded per token from 1.51 to 1.00.
 """
 
 from __future__ import annotations

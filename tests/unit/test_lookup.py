@@ -94,3 +94,19 @@ def test_a_copy_that_stops_matching_is_dropped() -> None:
     lookup.add(5)
     lookup.add(6)
     assert lookup.draft(2) == [1, 2]  # "5 6" is found afresh
+
+
+def test_a_whole_page_copy_is_drafted_almost_entirely() -> None:
+    # bench.lookup_replay's replay with the scheduler's draft lengths, on a page of repeated cards:
+    # 24 tokens of the same markup and a name of its own each, so the latest occurrence of a
+    # 12-token tail of markup is another card's.
+    from bench.lookup_replay import replay
+
+    def card(n: int) -> list[int]:
+        return [*range(1, 25), 1000 + n]
+
+    page = [token for n in range(30) for token in card(n)]
+    reply = [*page[:5], 4242, *page[6:]]  # one token changed near the top
+    result = replay([900, *page, 901], reply, draft_max=48)
+    assert result["accepted"] / result["drafted"] > 0.95
+    assert result["steps"] < len(reply) / 10
