@@ -2,8 +2,8 @@
 
 The reply is the one a perfect model gives to bench.site's edit ("the whole page back with only the
 title changed"): the page, title changed, in a code fence. Each step drafts as the scheduler does
-(``NgramLookup.draft`` with its draft lengths: ``FIRST_DRAFT``, then twice what was accepted, at
-least ``MIN_DRAFT``, at most ``--draft-max``), keeps the draft tokens that equal the reply's next
+(``NgramLookup.draft`` with its draft lengths: ``FIRST_DRAFT``, then ``next_draft_length``, at
+most ``--draft-max``), keeps the draft tokens that equal the reply's next
 tokens and one more (the model's own). Rows per token is what a step costs on a CPU, where a draft
 row costs nearly a token's compute (bench.draft_cost): 1.0 without speculation.
 
@@ -18,7 +18,7 @@ from bench.prompts import _vocab
 from bench.servers import resolve_model
 from bench.site import EDIT_ASK, Workload
 from spaceserve.engine.lookup import NgramLookup
-from spaceserve.engine.scheduler import FIRST_DRAFT, MIN_DRAFT
+from spaceserve.engine.scheduler import FIRST_DRAFT, next_draft_length
 
 
 def replay(prompt: list[int], reply: list[int], draft_max: int) -> dict[str, int]:
@@ -37,7 +37,7 @@ def replay(prompt: list[int], reply: list[int], draft_max: int) -> dict[str, int
         drafted += len(draft)
         accepted += kept
         if draft:
-            length = max(MIN_DRAFT, 2 * kept)
+            length = next_draft_length(kept)
     return {"tokens": len(reply), "steps": steps, "drafted": drafted, "accepted": accepted}
 
 

@@ -47,6 +47,11 @@ FIRST_DRAFT = 16
 MIN_DRAFT = 4
 
 
+def next_draft_length(accepted: int) -> int:
+    """The next draft's length after one of which the model accepted ``accepted`` tokens."""
+    return max(MIN_DRAFT, 2 * accepted)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -429,7 +434,7 @@ class Scheduler:
             slot.cached.append(token)  # the draft token's KV is the true prefix now
             slot.accepted += 1
         if draft:
-            slot.draft_len = max(MIN_DRAFT, 2 * (slot.accepted - accepted))
+            slot.draft_len = next_draft_length(slot.accepted - accepted)
         if len(slot.cached) < stored:
             self._drop_rejected(slot)
 
