@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.prompts import _vocab
+from bench.prompts import vocab
 from bench.servers import resolve_model
 from bench.site import EDIT_ASK, Workload
 from spaceserve.engine.lookup import NgramLookup
@@ -48,11 +48,11 @@ def main() -> None:
     args = parser.parse_args()
     model = resolve_model(args.model)
     work = Workload(model, 0, 0)
-    vocab = _vocab(model)
+    tokenizer = vocab(model)
     # The prompt's text as the chat carries it; the template's few markers do not change the lookup.
-    prompt = vocab.tokenize(f"{work.edit_system}\n\n{EDIT_ASK}\n".encode(), add_bos=True, special=False)
+    prompt = tokenizer.tokenize(f"{work.edit_system}\n\n{EDIT_ASK}\n".encode(), add_bos=True, special=False)
     answer = "```html\n" + work.page.replace("Harbour Bakery", "Quay Bakery") + "```\n"
-    result = replay(prompt, vocab.tokenize(answer.encode(), add_bos=False, special=False), args.draft_max)
+    result = replay(prompt, tokenizer.tokenize(answer.encode(), add_bos=False, special=False), args.draft_max)
     rows = (result["steps"] + result["drafted"]) / result["tokens"]
     print("| reply tokens | steps | drafted | accepted | acceptance | rows per token |")
     print("|---|---|---|---|---|---|")

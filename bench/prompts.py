@@ -84,7 +84,7 @@ def page_kb(kilobytes: int) -> str:
 
 
 @cache
-def _vocab(model: Path):  # type: ignore[no-untyped-def]
+def vocab(model: Path):  # type: ignore[no-untyped-def]
     from llama_cpp import Llama
 
     return Llama(model_path=str(model), vocab_only=True, verbose=False)
@@ -92,7 +92,7 @@ def _vocab(model: Path):  # type: ignore[no-untyped-def]
 
 def count_tokens(model: Path, text: str) -> int:
     """Tokens of ``text`` in ``model``'s vocabulary (the vocabulary only is loaded)."""
-    return len(_vocab(model).tokenize(text.encode(), add_bos=False, special=False))
+    return len(vocab(model).tokenize(text.encode(), add_bos=False, special=False))
 
 
 def sized(model: Path, make: Callable[[int], str], tokens: int) -> str:

@@ -151,11 +151,10 @@ def our_chat_template(model: Path) -> str | None:
     Without it llama-server falls back to ChatML for a GGUF that carries no template (the embedded
     Gemma, the synthetic 1.3B) and the two servers would answer different prompts.
     """
-    from llama_cpp import Llama
-
+    from bench.prompts import vocab
     from spaceserve.engine.chat_format import BUILTINS, resolve_chat_format
 
-    metadata = Llama(str(model), vocab_only=True, verbose=False).metadata
+    metadata = vocab(model).metadata
     setting = "deepseek-coder" if model.name == QUANTISED_NAME else "auto"
     chat = resolve_chat_format(
         setting, None, metadata.get("tokenizer.chat_template"), metadata.get("general.architecture", ""), "", ""
